@@ -1,0 +1,66 @@
+"""The model facts the runner, the cache and the front doors need, read once from the HF config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+
+@attrs.frozen
+class ModelConfig:
+    """Shape and identity of a loaded model.
+
+    Attributes:
+        path: The local folder the model was loaded from.
+        architecture: The entry of the HF config's ``architectures`` that selected the model class.
+        hf_config: The transformers config object, for the model classes.
+        dtype: The dtype of weights, activations and the KV cache.
+        vocab_size: Rows of the output embedding; token ids must be below it.
+        num_layers: Decoder layers, one KV cache per layer.
+        num_kv_heads: Key/value heads per layer.
+        head_size: Size of one attention head.
+        max_model_len: Longest context (prompt plus output) the model accepts.
+        eos_token_ids: Token ids that end generation unless ``ignore_eos``.
+    """
+
+    path: str
+    architecture: str
+    hf_config: Any = attrs.field(repr=False)
+    dtype: torch.dtype
+    vocab_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_size: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of key and value cache one token occupies over all layers."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_size * itemsize
+
+
+def hf_head_size(hf_config: Any) -> int:
+    """Head size as the HF models compute it: ``head_dim`` when set, else hidden / heads."""
+    head_dim = getattr(hf_config, "head_dim", None)
+    if head_dim:
+        return int(head_dim)
+    return int(hf_config.hidden_size // hf_config.num_attention_heads)
+
+
+def hf_num_kv_heads(hf_config: Any) -> int:
+    """Key/value heads; configs without GQA leave ``num_key_value_heads`` unset."""
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None)
+    return int(num_kv_heads or hf_config.num_attention_heads)
+
+
+def hf_max_positions(hf_config: Any) -> int:
+    """Longest context the model was built for (``n_positions`` on GPT-2)."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(hf_config, name, None)
+        if value:
+            return int(value)
+    raise ValueError("model config: neither max_position_embeddings nor n_positions is set")

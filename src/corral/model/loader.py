@@ -1,0 +1,170 @@
+"""Loading a Hugging Face model folder into one of corral's model classes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from corral.model.config import ModelConfig, hf_head_size, hf_max_positions, hf_num_kv_heads
+from corral.model.models.registry import resolve_architecture
+from corral.model.weights import init_dummy_weights, iterate_checkpoint
+
+logger = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+
+
+def resolve_model_path(model: str, revision: str | None = None) -> str:
+    """The local folder of ``model``: the path itself, or its snapshot in the HF cache.
+
+    No network is used: a model id that is not in the local Hugging Face cache is an error.
+
+    Raises:
+        ValueError: when ``model`` is neither a folder nor cached.
+    """
+    if os.path.isdir(model):
+        return model
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(
+            f"model: {model!r} is not a local folder and is not in the local Hugging Face "
+            "cache (corral does not download models)"
+        ) from exc
+
+
+def resolve_dtype(dtype: str | torch.dtype, hf_config: Any, device: str) -> torch.dtype:
+    """The compute dtype for ``dtype`` ("auto" follows the checkpoint).
+
+    On CPU, "auto" turns a float16 checkpoint into bfloat16: CPU float16 GEMMs have no
+    fast path, while bfloat16 runs faster than float32 on AVX-512 BF16 hardware.
+
+    Raises:
+        ValueError: for an unknown dtype name.
+    """
+    if isinstance(dtype, torch.dtype):
+        chosen = dtype
+    elif dtype == "auto":
+        config_dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+        if isinstance(config_dtype, str):
+            config_dtype = _DTYPES.get(config_dtype, torch.float32)
+        chosen = config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
+        if chosen == torch.float16 and torch.device(device).type == "cpu":
+            chosen = torch.bfloat16
+    elif dtype in _DTYPES:
+        chosen = _DTYPES[dtype]
+    else:
+        raise ValueError(f"dtype: {dtype!r} is not one of 'auto', {sorted(_DTYPES)}")
+    if chosen not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype: {chosen} is not a supported compute dtype")
+    return chosen
+
+
+def _eos_token_ids(folder: str, hf_config: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    sources: list[Any] = [getattr(hf_config, "eos_token_id", None)]
+    if os.path.isfile(os.path.join(folder, "generation_config.json")):
+        from transformers import GenerationConfig
+
+        sources.append(GenerationConfig.from_pretrained(folder).eos_token_id)
+    for source in sources:
+        for token in source if isinstance(source, list) else [source]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return tuple(ids)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load_model(
+    model: str,
+    *,
+    dtype: str | torch.dtype = "auto",
+    load_format: str = "auto",
+    max_model_len: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    revision: str | None = None,
+) -> tuple[nn.Module, ModelConfig]:
+    """Build the model for a local HF folder (or cached model id) and load its weights.
+
+    Args:
+        model: Folder path or Hugging Face model id (resolved offline).
+        dtype: "auto", "float32", "bfloat16", "float16" or a torch dtype.
+        load_format: "auto"/"safetensors"/"pt" read the checkpoint; "dummy" draws
+            random weights from ``seed`` (benchmarks).
+        max_model_len: Longest context; defaults to the model's maximum.
+        device: Where the weights live ("cpu" or "cuda").
+        seed: Seed of the dummy weights.
+        revision: HF cache revision of a model id.
+
+    Returns:
+        The model in inference mode and its `ModelConfig`.
+
+    Raises:
+        ValueError: for bad arguments, unsupported architectures or bad checkpoints.
+    """
+    from transformers import AutoConfig
+
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format: {load_format!r} is not one of {LOAD_FORMATS}")
+    folder = resolve_model_path(model, revision)
+    hf_config = AutoConfig.from_pretrained(folder)
+    architecture, model_class = resolve_architecture(hf_config)
+    model_max = hf_max_positions(hf_config)
+    if max_model_len is None:
+        max_model_len = model_max
+    elif max_model_len <= 0 or max_model_len > model_max:
+        raise ValueError(f"max_model_len: {max_model_len} is not in 1..{model_max} for this model")
+    torch_dtype = resolve_dtype(dtype, hf_config, device)
+    with _default_dtype(torch_dtype), torch.device(device):
+        module = model_class(architecture, hf_config, max_model_len)
+    if load_format == "dummy":
+        init_dummy_weights(module, seed)
+    else:
+        module.load_weights(iterate_checkpoint(folder))  # type: ignore[operator]
+    module.eval().requires_grad_(False)
+    config = ModelConfig(
+        path=folder,
+        architecture=architecture,
+        hf_config=hf_config,
+        dtype=torch_dtype,
+        vocab_size=int(hf_config.vocab_size),
+        num_layers=int(getattr(hf_config, "num_hidden_layers", None) or hf_config.n_layer),
+        num_kv_heads=hf_num_kv_heads(hf_config),
+        head_size=hf_head_size(hf_config),
+        max_model_len=max_model_len,
+        eos_token_ids=_eos_token_ids(folder, hf_config),
+    )
+    logger.info(
+        "loaded %s from %s (%s, %.1fM parameters)",
+        architecture,
+        folder,
+        torch_dtype,
+        sum(p.numel() for p in module.parameters()) / 1e6,
+    )
+    return module, config

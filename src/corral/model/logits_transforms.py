@@ -1,0 +1,91 @@
+"""Batched transformations of next-token logits: penalties and truncation masks.
+
+Each function takes float32 logits [rows, vocab] and per-row parameter tensors and
+returns new logits; a row whose parameter is neutral comes back unchanged. They run
+in the order vLLM and transformers use: penalties, temperature, top-k, top-p, min-p.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Occurrences of every vocabulary token in each row's list, as float32 [rows, vocab]."""
+    longest = max((len(ids) for ids in token_ids), default=0)
+    # Padding points at an extra column that is dropped, so rows of any length share one scatter.
+    padded = torch.full((len(token_ids), max(longest, 1)), vocab_size, dtype=torch.int64)
+    for row, ids in enumerate(token_ids):
+        if ids:
+            padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+    counts = torch.zeros((len(token_ids), vocab_size + 1), dtype=torch.float32)
+    counts.scatter_add_(1, padded, torch.ones_like(padded, dtype=torch.float32))
+    return counts[:, :vocab_size].to(device)
+
+
+def apply_penalties(
+    logits: torch.Tensor,
+    prompt_counts: torch.Tensor,
+    output_counts: torch.Tensor,
+    repetition: torch.Tensor,
+    frequency: torch.Tensor,
+    presence: torch.Tensor,
+) -> torch.Tensor:
+    """Repetition, frequency and presence penalties (vLLM / OpenAI semantics).
+
+    The repetition penalty (CTRL paper) divides positive and multiplies negative
+    logits of every token seen in the prompt or the output; frequency and presence
+    penalties subtract ``frequency * count + presence * (count > 0)`` over the output
+    only.
+
+    Args:
+        logits: [rows, vocab] float32.
+        prompt_counts: [rows, vocab] token counts of each row's prompt.
+        output_counts: [rows, vocab] token counts of each row's output so far.
+        repetition: [rows]; 1 is neutral.
+        frequency: [rows]; 0 is neutral.
+        presence: [rows]; 0 is neutral.
+    """
+    seen = (prompt_counts > 0) | (output_counts > 0)
+    penalty = repetition.unsqueeze(1)
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    logits = torch.where(seen, penalized, logits)
+    logits = logits - frequency.unsqueeze(1) * output_counts
+    return logits - presence.unsqueeze(1) * (output_counts > 0).to(logits.dtype)
+
+
+def apply_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """Keep each row's ``top_k`` largest logits, then its smallest set of mass >= ``top_p``.
+
+    Ties at the top-k boundary keep every tied token, like transformers. The most
+    likely token always survives.
+
+    Args:
+        logits: [rows, vocab] float32.
+        top_k: [rows] int64; a value >= vocab (or -1 mapped to vocab by the caller) is neutral.
+        top_p: [rows] float32; 1 is neutral.
+    """
+    vocab_size = logits.shape[1]
+    ascending, order = logits.sort(dim=-1, descending=False)
+    kth_largest_index = (vocab_size - top_k.clamp(1, vocab_size)).unsqueeze(1)
+    kth_largest = ascending.gather(1, kth_largest_index)
+    ascending = ascending.masked_fill(ascending < kth_largest, float("-inf"))
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= (1 - top_p).unsqueeze(1)
+    drop[:, -1] = False
+    ascending = ascending.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, ascending)
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below ``min_p`` times the row's top probability.
+
+    Args:
+        logits: [rows, vocab] float32.
+        min_p: [rows] float32; 0 is neutral.
+    """
+    probs = logits.softmax(dim=-1)
+    threshold = min_p.unsqueeze(1) * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(probs < threshold, float("-inf"))

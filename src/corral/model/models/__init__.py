@@ -1,0 +1,1 @@
+"""Model implementations for paged attention over flattened varlen batches."""
