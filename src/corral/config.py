@@ -1,0 +1,262 @@
+"""Engine configuration: the user-facing `EngineArgs` and the core's resolved `CoreConfig`.
+
+`EngineArgs` mirrors vLLM's argument names. Values that depend on the model (its
+context length, how many KV blocks fit in memory) are resolved by the model layer,
+which then calls `EngineArgs.core_config` to get the `CoreConfig` the scheduler runs on.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from corral.errors import NotSupportedError
+
+PreemptionMode = Literal["recompute", "swap"]
+
+_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+_DEVICES = ("auto", "cpu", "cuda")
+_LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+_PREEMPTION_MODES = ("recompute", "swap")
+
+DEFAULT_CHUNKED_BATCHED_TOKENS = 2048
+"""Token budget per step with chunked prefill, when none is given."""
+
+
+def _bad(field: str, allowed: str, value: object) -> ValueError:
+    return ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+def _positive(field: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise _bad(field, "a positive integer", value)
+
+
+def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise _bad(field, "one of " + ", ".join(repr(a) for a in allowed), value)
+
+
+@attrs.frozen(kw_only=True)
+class CoreConfig:
+    """What the engine core needs to schedule, fully resolved and validated.
+
+    Attributes:
+        block_size: Tokens per KV block.
+        num_kv_blocks: Blocks in the device KV cache.
+        num_host_blocks: Blocks in the host (swap) cache; 0 disables swapping, and
+            swap preemption then falls back to recompute.
+        max_model_len: Longest sequence (prompt plus output) the model accepts. A
+            sequence stops with finish_reason "length" once it exceeds it, so at most
+            ``max_model_len`` tokens ever sit in the cache.
+        max_num_seqs: Most sequences running at once (each sample of a best_of
+            request counts).
+        max_num_batched_tokens: Token budget per step.
+        enable_chunked_prefill: Split prompts over steps to fit the budget. Without it a
+            prompt is computed in one step, so the budget must cover max_model_len.
+        enable_prefix_caching: Reuse the KV of full blocks whose token prefix matches.
+        preemption_mode: What happens to a sequence evicted for lack of blocks:
+            "recompute" (free its blocks, compute its tokens again later) or "swap"
+            (copy its blocks to the host cache and back).
+        watermark: Fraction of device blocks kept free when admitting work, so that a
+            fresh admission does not force a preemption on the next step.
+    """
+
+    block_size: int = 16
+    num_kv_blocks: int
+    num_host_blocks: int = 0
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    preemption_mode: PreemptionMode = "recompute"
+    watermark: float = 0.01
+
+    def __attrs_post_init__(self) -> None:
+        _positive("block_size", self.block_size)
+        _positive("num_kv_blocks", self.num_kv_blocks)
+        if self.num_host_blocks < 0:
+            raise _bad("num_host_blocks", "non-negative", self.num_host_blocks)
+        _positive("max_model_len", self.max_model_len)
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _one_of("preemption_mode", self.preemption_mode, _PREEMPTION_MODES)
+        if not 0.0 <= self.watermark < 1.0:
+            raise _bad("watermark", "in [0, 1)", self.watermark)
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise _bad(
+                "max_num_batched_tokens",
+                f"at least max_num_seqs={self.max_num_seqs}",
+                self.max_num_batched_tokens,
+            )
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise _bad(
+                "max_num_batched_tokens",
+                f"at least max_model_len={self.max_model_len} without chunked prefill "
+                "(a prompt is computed in one step)",
+                self.max_num_batched_tokens,
+            )
+
+    @property
+    def watermark_blocks(self) -> int:
+        return int(self.watermark * self.num_kv_blocks)
+
+
+@attrs.frozen(kw_only=True)
+class EngineArgs:
+    """Arguments of an engine, named as in vLLM.
+
+    Attributes:
+        model: Path (or hub name) of a Hugging Face model.
+        tokenizer: Tokenizer path; defaults to ``model``.
+        dtype: Weight and activation dtype; "auto" takes the checkpoint's (float16
+            becomes bfloat16 on CPU).
+        seed: Seed of the engine's random state (unseeded sampling).
+        max_model_len: Context length; None takes the model config's.
+        block_size: Tokens per KV block.
+        num_kv_blocks: Device KV blocks; None sizes the cache from ``kv_cache_memory``.
+        kv_cache_memory: Bytes for the device KV cache; None lets the model layer pick
+            from the free memory.
+        swap_space: GiB of host memory for swapped-out blocks.
+        max_num_seqs: Most sequences running at once.
+        max_num_batched_tokens: Token budget per step; None picks a default (see
+            `core_config`).
+        enable_chunked_prefill: Split long prompts over steps.
+        enable_prefix_caching: Reuse KV blocks of shared prompt prefixes.
+        preemption_mode: "recompute" or "swap".
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        load_format: "auto", "safetensors", "pt" or "dummy" (random weights).
+        trust_remote_code: Allow model code from the checkpoint.
+        tensor_parallel_size: Only 1 is supported yet.
+        worker_use_ray: Only False is supported yet.
+        engine_use_ray: Only False is supported yet.
+    """
+
+    model: str
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_memory: int | None = None
+    swap_space: float = 4.0
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    preemption_mode: PreemptionMode = "recompute"
+    device: str = "auto"
+    load_format: str = "auto"
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1
+    worker_use_ray: bool = False
+    engine_use_ray: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not self.model:
+            raise _bad("model", "a non-empty path or name", self.model)
+        _one_of("dtype", self.dtype, _DTYPES)
+        _positive("max_model_len", self.max_model_len)
+        _positive("block_size", self.block_size)
+        _positive("num_kv_blocks", self.num_kv_blocks)
+        _positive("kv_cache_memory", self.kv_cache_memory)
+        if not self.swap_space >= 0:
+            raise _bad("swap_space", "non-negative (GiB)", self.swap_space)
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _one_of("preemption_mode", self.preemption_mode, _PREEMPTION_MODES)
+        _one_of("device", self.device, _DEVICES)
+        _one_of("load_format", self.load_format, _LOAD_FORMATS)
+        if self.tensor_parallel_size != 1:
+            if self.tensor_parallel_size < 1:
+                raise _bad("tensor_parallel_size", "a positive integer", self.tensor_parallel_size)
+            raise NotSupportedError(
+                f"tensor_parallel_size={self.tensor_parallel_size}: "
+                "distributed inference is not supported yet (only 1)"
+            )
+        if self.worker_use_ray or self.engine_use_ray:
+            raise NotSupportedError("worker_use_ray / engine_use_ray: Ray is not supported yet")
+        if self.max_num_batched_tokens is not None:
+            if self.max_num_batched_tokens < self.max_num_seqs:
+                raise _bad(
+                    "max_num_batched_tokens",
+                    f"at least max_num_seqs={self.max_num_seqs}",
+                    self.max_num_batched_tokens,
+                )
+            if (
+                not self.enable_chunked_prefill
+                and self.max_model_len is not None
+                and self.max_num_batched_tokens < self.max_model_len
+            ):
+                raise _bad(
+                    "max_num_batched_tokens",
+                    f"at least max_model_len={self.max_model_len} without chunked prefill",
+                    self.max_num_batched_tokens,
+                )
+
+    def core_config(
+        self, *, num_kv_blocks: int, num_host_blocks: int, max_model_len: int
+    ) -> CoreConfig:
+        """The core's configuration once the model layer resolved the model-dependent values.
+
+        Args:
+            num_kv_blocks: Device KV blocks that fit (``self.num_kv_blocks`` when set).
+            num_host_blocks: Host blocks that fit in ``swap_space``.
+            max_model_len: The context length (``self.max_model_len`` when set, else the
+                model's).
+
+        The token budget defaults to max(2048, max_num_seqs) with chunked prefill, and
+        to max(max_model_len, 2048, max_num_seqs) without it, so that any prompt fits
+        in one step.
+
+        Raises:
+            ValueError: The cache cannot hold one sequence of ``max_model_len`` tokens,
+                or another cross-field constraint fails.
+        """
+        budget = self.max_num_batched_tokens
+        if budget is None:
+            budget = max(DEFAULT_CHUNKED_BATCHED_TOKENS, self.max_num_seqs)
+            if not self.enable_chunked_prefill:
+                budget = max(budget, max_model_len)
+        if max_model_len > num_kv_blocks * self.block_size:
+            raise _bad(
+                "max_model_len",
+                f"at most the KV cache's capacity of {num_kv_blocks * self.block_size} tokens "
+                f"({num_kv_blocks} blocks of {self.block_size}); lower max_model_len or give "
+                "the cache more memory",
+                max_model_len,
+            )
+        return CoreConfig(
+            block_size=self.block_size,
+            num_kv_blocks=num_kv_blocks,
+            num_host_blocks=num_host_blocks,
+            max_model_len=max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=budget,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            enable_prefix_caching=self.enable_prefix_caching,
+            preemption_mode=self.preemption_mode,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class AsyncEngineArgs(EngineArgs):
+    """`EngineArgs` plus the async front door's logging options.
+
+    Attributes:
+        log_requests: Log each request's arrival and end.
+        max_log_len: Truncate logged prompts to this many characters/tokens (None: no limit).
+        disable_log_stats: Do not log periodic throughput and cache statistics.
+    """
+
+    log_requests: bool = True
+    max_log_len: int | None = None
+    disable_log_stats: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.max_log_len is not None and self.max_log_len < 0:
+            raise _bad("max_log_len", "non-negative or None", self.max_log_len)

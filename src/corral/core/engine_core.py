@@ -1,0 +1,296 @@
+"""`EngineCore`: the synchronous engine. One `step()` = schedule, run, update.
+
+Single-threaded by contract: one caller (the async engine loop, or the offline
+`LLM`) calls every method. ``add_request`` and ``abort_request`` take effect at the
+next ``step()``; ``step()`` returns a cumulative `RequestOutput` for every request
+that changed (new tokens, finished, aborted or rejected).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import cast
+
+from corral.config import CoreConfig
+from corral.core.interface import Detokenizer, ModelRunner, ModelRunnerOutput, SchedulerOutput
+from corral.core.kv_cache_manager import KVCacheManager
+from corral.core.outputs import build_output
+from corral.core.scheduler import Scheduler
+from corral.core.sequence import Request, SeqStatus, Sequence
+from corral.core.stats import EngineStats
+from corral.core.stop import check_stop
+from corral.outputs import RequestOutput
+from corral.sampling_params import SamplingParams
+
+
+class EngineCore:
+    """Continuous batching over a paged KV cache, without threads or async.
+
+    Args:
+        config: The resolved scheduling and cache configuration.
+        runner: Computes each scheduled step (see `corral.core.interface`).
+        eos_token_ids: Token ids that end a sequence unless ``ignore_eos``.
+        detokenizer: Turns generated tokens into text. Without one, texts stay ""
+            and requests with stop strings are rejected.
+    """
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        runner: ModelRunner,
+        *,
+        eos_token_ids: Iterable[int] = (),
+        detokenizer: Detokenizer | None = None,
+    ) -> None:
+        self.config = config
+        self.runner = runner
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.detokenizer = detokenizer
+        self.kv = KVCacheManager(config)
+        self.scheduler = Scheduler(config, self.kv, self._finish_too_large)
+        self._requests: dict[str, Request] = {}
+        # Requests with an output due at the next step that no model step produces:
+        # aborted ones and rejected ones. Insertion-ordered, no duplicates.
+        self._due: dict[Request, None] = {}
+        self._next_seq_id = 0
+        self._next_arrival = 0
+        self._num_prompt_tokens = 0
+        self._num_generation_tokens = 0
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        prompt: str | None = None,
+        arrival_time: float | None = None,
+        prefix_pos: int | None = None,
+    ) -> None:
+        """Queue a request.
+
+        Args:
+            request_id: Unique among live requests; reusable once its final output
+                came out.
+            prompt_token_ids: The prompt, at least one token.
+            params: How to sample.
+            prompt: The prompt text, echoed in outputs.
+            arrival_time: ``time.time()`` of arrival; now when None.
+            prefix_pos: Hint that the first ``prefix_pos`` prompt tokens are a prefix
+                shared by many requests: their full blocks, once cached and free, are
+                evicted only after every other free block. It does not affect
+                correctness or which blocks are looked up.
+
+        A request that can never run (prompt longer than ``max_model_len``, larger
+        than the cache, or ``best_of`` above ``max_num_seqs``) is accepted and
+        finishes at the next step with finish_reason "abort" and an ``error``.
+
+        Raises:
+            ValueError: Duplicate live ``request_id``, empty or negative token ids,
+                ``prefix_pos`` out of range, or stop strings without a detokenizer.
+        """
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already in use by a live request")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        prompt_token_ids = list(prompt_token_ids)
+        if not prompt_token_ids:
+            raise ValueError("prompt_token_ids must hold at least one token, got []")
+        if min(prompt_token_ids) < 0:
+            raise ValueError("prompt_token_ids must be non-negative token ids")
+        if prefix_pos is not None and not 0 <= prefix_pos <= len(prompt_token_ids):
+            raise ValueError(
+                f"prefix_pos must be in [0, {len(prompt_token_ids)}] (the prompt length), "
+                f"got {prefix_pos}"
+            )
+        if params.stop and self.detokenizer is None:
+            raise ValueError("stop strings need a detokenizer; this engine core has none")
+        request = Request(
+            request_id,
+            prompt,
+            prompt_token_ids,
+            params,
+            self._next_arrival,
+            time.time() if arrival_time is None else arrival_time,
+            prefix_pos,
+        )
+        self._next_arrival += 1
+        seq = Sequence(self._new_seq_id(), 0, request)
+        if self.detokenizer is not None:
+            seq.detok_state = self.detokenizer.new_state(prompt_token_ids, params)
+        request.seqs.append(seq)
+        self._requests[request_id] = request
+        error = self._never_runs(request)
+        if error is not None:
+            request.error = error
+            seq.status = SeqStatus.FINISHED
+            seq.finish_reason = "abort"
+            self._due[request] = None
+        else:
+            self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
+        """Stop requests now and free their blocks; their final outputs (finish_reason
+        "abort") come out of the next `step`. Unknown or finished ids are ignored."""
+        ids = (request_id,) if isinstance(request_id, str) else request_id
+        for rid in ids:
+            request = self._requests.get(rid)
+            if request is None:
+                continue
+            for seq in request.seqs:
+                if seq.status is not SeqStatus.FINISHED:
+                    self.scheduler.remove(seq)
+                    seq.finish_reason = "abort"
+            self._due[request] = None
+
+    def has_unfinished_requests(self) -> bool:
+        """True while some request has not had its final output returned by `step`."""
+        return bool(self._requests)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one step and return the outputs of the requests that changed."""
+        scheduler_output = self.scheduler.schedule()
+        now = time.time()
+        changed = self._due
+        self._due = {}
+        if not scheduler_output.is_empty:
+            result = self.runner.execute(scheduler_output)
+            self._update(scheduler_output, result, now, changed)
+        return [self._output(request, now) for request in changed]
+
+    def stats(self) -> EngineStats:
+        scheduler = self.scheduler
+        pool = self.kv.pool
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            num_swapped=len(scheduler.swapped),
+            num_free_blocks=pool.num_free,
+            num_total_blocks=pool.num_blocks,
+            kv_cache_usage=1.0 - pool.num_free / pool.num_blocks,
+            num_preemptions=scheduler.num_preemptions,
+            prefix_cache_queries=self.kv.prefix_cache_queries,
+            prefix_cache_hits=self.kv.prefix_cache_hits,
+            num_prompt_tokens=self._num_prompt_tokens,
+            num_generation_tokens=self._num_generation_tokens,
+        )
+
+    def _new_seq_id(self) -> int:
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        return seq_id
+
+    def _never_runs(self, request: Request) -> str | None:
+        config = self.config
+        num_tokens = len(request.prompt_token_ids)
+        if num_tokens > config.max_model_len:
+            return (
+                f"prompt of {num_tokens} tokens is longer than max_model_len={config.max_model_len}"
+            )
+        if self.kv.num_blocks_for(num_tokens) > config.num_kv_blocks:
+            return (
+                f"prompt of {num_tokens} tokens needs more KV blocks than the cache holds "
+                f"({config.num_kv_blocks} blocks of {config.block_size})"
+            )
+        if request.params.best_of > config.max_num_seqs:
+            return (
+                f"best_of={request.params.best_of} is more than "
+                f"max_num_seqs={config.max_num_seqs} sequences that can run at once"
+            )
+        return None
+
+    def _finish_too_large(self, seq: Sequence, error: str) -> None:
+        seq.finish_reason = "abort"
+        seq.request.error = error
+        self._due[seq.request] = None
+
+    def _update(
+        self,
+        scheduler_output: SchedulerOutput,
+        result: ModelRunnerOutput,
+        now: float,
+        changed: dict[Request, None],
+    ) -> None:
+        caching = self.kv.enable_prefix_caching
+        block_size = self.kv.block_size
+        sampled = result.sampled_token_ids
+        sampled_logprobs = result.sampled_logprobs
+        top_logprobs = result.top_logprobs
+        num_new_tokens = scheduler_output.num_new_tokens
+        num_samples = scheduler_output.num_samples
+        k = 0
+        # The scheduler only ever schedules our own Sequence objects.
+        seqs = cast(list[Sequence], scheduler_output.seqs)
+        for i, seq in enumerate(seqs):
+            start = seq.num_computed_tokens
+            end = start + num_new_tokens[i]
+            seq.num_computed_tokens = end
+            if caching and end // block_size > seq.num_cached_blocks:
+                self.kv.cache_full_blocks(seq)
+            request = seq.request
+            metrics = request.metrics
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = now
+            if start < seq.num_prompt_tokens:
+                self._num_prompt_tokens += min(end, seq.num_prompt_tokens) - start
+                if request.prompt_logprobs is not None:
+                    self._add_prompt_logprobs(seq, start, result)
+            count = num_samples[i]
+            if count == 0:
+                continue
+            targets = [seq] if count == 1 else self._fork(seq, count)
+            for target in targets:
+                self._append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
+                k += 1
+            self._num_generation_tokens += count
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            changed[request] = None
+
+    def _fork(self, seq: Sequence, count: int) -> list[Sequence]:
+        request = seq.request
+        self.scheduler.fork_done(seq)
+        targets = [seq]
+        for index in range(1, count):
+            child = seq.fork(self._new_seq_id(), index)
+            self.kv.fork(seq, child)
+            if self.detokenizer is not None:
+                child.detok_state = self.detokenizer.fork_state(seq.detok_state)
+            request.seqs.append(child)
+            self.scheduler.add_running(child)
+            targets.append(child)
+        return targets
+
+    def _append(self, seq: Sequence, token_id: int, logprob: float, top: object) -> None:
+        seq.token_ids.append(token_id)
+        seq.cumulative_logprob += logprob
+        if seq.logprobs is not None:
+            seq.logprobs.append(top)  # type: ignore[arg-type]
+        new_text = ""
+        if self.detokenizer is not None:
+            new_text = self.detokenizer.decode_next(seq.detok_state, token_id)
+            seq.output_text += new_text
+        check_stop(seq, token_id, new_text, self.eos_token_ids, self.config.max_model_len)
+        if seq.finish_reason is not None:
+            self.scheduler.remove(seq)
+
+    @staticmethod
+    def _add_prompt_logprobs(seq: Sequence, start: int, result: ModelRunnerOutput) -> None:
+        # Entry j of a chunk starting at `start` is for prompt token start + 1 + j.
+        # A recomputed chunk repeats known entries; keep the first copy.
+        entries = result.prompt_logprobs.get(seq.seq_id)
+        prompt_logprobs = seq.request.prompt_logprobs
+        if not entries or prompt_logprobs is None:
+            return
+        for j, entry in enumerate(entries):
+            token = start + 1 + j
+            if token == len(prompt_logprobs) and token < seq.num_prompt_tokens:
+                prompt_logprobs.append(entry)
+
+    def _output(self, request: Request, now: float) -> RequestOutput:
+        finished = request.finished
+        if finished:
+            request.metrics.finished_time = now
+            del self._requests[request.request_id]
+        return build_output(request, finished)

@@ -1,0 +1,317 @@
+"""Continuous batching: which sequences compute which tokens in the next step.
+
+Each step spends a token budget (``max_num_batched_tokens``) in this order:
+
+1. running sequences that decode (one token each), in FCFS order; when one needs a
+   block and none is free, the lowest-priority running sequence is preempted
+   (swapped out, or freed for recompute) until it fits;
+2. running sequences in the middle of a chunked prefill (a chunk each);
+3. swapped-out sequences, FCFS, if nothing was preempted this step;
+4. waiting sequences, FCFS, if nothing was preempted, nothing is swapped out and no
+   running prefill was held back for lack of blocks. Admission is strictly in order
+   (the head blocks those behind it) and keeps ``watermark`` blocks free unless
+   nothing runs, so that a fresh admission does not cause a preemption next step.
+
+Priority is the request's arrival order, then the sample index; preemption always
+picks the lowest priority, so the oldest running sequence always makes progress.
+The batch lists decodes first, then prefill chunks.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections.abc import Callable
+
+from corral.config import CoreConfig
+from corral.core.interface import SchedulerOutput
+from corral.core.kv_cache_manager import KVCacheManager
+from corral.core.sequence import SeqStatus, Sequence
+
+_Entry = tuple[tuple[int, int], Sequence]
+
+
+def _priority(seq: Sequence) -> tuple[int, int]:
+    return seq.priority
+
+
+class Scheduler:
+    """Holds the waiting, running and swapped queues and builds `SchedulerOutput`s."""
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        kv: KVCacheManager,
+        on_too_large: Callable[[Sequence, str], None],
+    ) -> None:
+        self.config = config
+        self.kv = kv
+        # Called for a running sequence that can never fit in the cache; it must
+        # finish the sequence (the scheduler has already released its blocks).
+        self._on_too_large = on_too_large
+        self.waiting: list[_Entry] = []
+        self.running: list[Sequence] = []
+        self.swapped: list[_Entry] = []
+        # Seats held for the samples a not-yet-forked best_of sequence will fork into.
+        self.num_reserved = 0
+        self.num_preemptions = 0
+
+    @property
+    def num_running_seqs(self) -> int:
+        return len(self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        heapq.heappush(self.waiting, (seq.priority, seq))
+
+    def add_running(self, seq: Sequence) -> None:
+        """Insert a sequence (a forked sample) that already holds its blocks."""
+        seq.status = SeqStatus.RUNNING
+        insort(self.running, seq, key=_priority)
+
+    def fork_done(self, seq: Sequence) -> None:
+        """The reserved seats of ``seq``'s request are now taken by its samples."""
+        seq.fork_pending = False
+        self.num_reserved -= seq.params.best_of - 1
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out of its queue and release its blocks (finish or abort)."""
+        status = seq.status
+        if status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+            self._drop_reservation(seq)
+            self.kv.free(seq)
+        elif status is SeqStatus.WAITING:
+            self.waiting.remove((seq.priority, seq))
+            heapq.heapify(self.waiting)
+        elif status is SeqStatus.SWAPPED:
+            self.swapped.remove((seq.priority, seq))
+            heapq.heapify(self.swapped)
+            self.kv.free_host(seq)
+        seq.status = SeqStatus.FINISHED
+
+    def _drop_reservation(self, seq: Sequence) -> None:
+        if seq.fork_pending:
+            self.num_reserved -= seq.params.best_of - 1
+
+    def _seats(self, seq: Sequence) -> int:
+        return seq.params.best_of if seq.fork_pending else 1
+
+    def _preempt(self, out: SchedulerOutput) -> Sequence:
+        victim = self.running.pop()
+        self._drop_reservation(victim)
+        self.num_preemptions += 1
+        kv = self.kv
+        if self.config.preemption_mode == "swap" and kv.can_swap_out(victim):
+            kv.swap_out(victim, out.blocks_to_swap_out)
+            victim.status = SeqStatus.SWAPPED
+            heapq.heappush(self.swapped, (victim.priority, victim))
+        else:
+            kv.free(victim)
+            victim.status = SeqStatus.WAITING
+            heapq.heappush(self.waiting, (victim.priority, victim))
+        return victim
+
+    def _num_samples(self, seq: Sequence, end: int) -> int:
+        if end < len(seq.token_ids):
+            return 0
+        return seq.params.best_of if seq.fork_pending else 1
+
+    def _emit(self, out: SchedulerOutput, seq: Sequence, num_new: int) -> None:
+        bs = self.kv.block_size
+        block_table = seq.block_table
+        slot_mapping = out.slot_mapping
+        start = seq.num_computed_tokens
+        for pos in range(start, start + num_new):
+            slot_mapping.append(block_table[pos // bs] * bs + pos % bs)
+        out.seqs.append(seq)
+        out.num_new_tokens.append(num_new)
+        out.num_samples.append(self._num_samples(seq, start + num_new))
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's work; sequences' block tables grow to cover it."""
+        config = self.config
+        kv = self.kv
+        out = SchedulerOutput()
+        budget = config.max_num_batched_tokens
+        chunked = config.enable_chunked_prefill
+        running = self.running
+        preempted = False
+
+        # 1. Decodes. The hot loop: one slot per sequence, inlined.
+        bs = kv.block_size
+        slot_mapping = out.slot_mapping
+        seqs = out.seqs
+        num_new_tokens = out.num_new_tokens
+        num_samples = out.num_samples
+        prefilling: list[Sequence] = []
+        blocks_to_copy = out.blocks_to_copy
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            pos = seq.num_computed_tokens
+            if len(seq.token_ids) - pos != 1:
+                prefilling.append(seq)
+                i += 1
+                continue
+            block_table = seq.block_table
+            index = pos // bs
+            if (
+                index == len(block_table) or kv.pool.ref_counts[block_table[index]] > 1
+            ) and not kv.append_slots(seq, 1, blocks_to_copy):
+                if not self._make_room(seq, i, out):
+                    preempted = True
+                    continue
+                preempted = True
+            slot_mapping.append(block_table[index] * bs + pos % bs)
+            seqs.append(seq)
+            num_new_tokens.append(1)
+            num_samples.append(seq.params.best_of if seq.fork_pending else 1)
+            budget -= 1
+            i += 1
+
+        # 2. Running prefill chunks.
+        held_back = False
+        for seq in prefilling:
+            if budget == 0:
+                break
+            num_new = len(seq.token_ids) - seq.num_computed_tokens
+            if chunked:
+                num_new = min(num_new, budget)
+            elif num_new > budget:
+                held_back = True
+                continue
+            if not kv.append_slots(seq, num_new, blocks_to_copy):
+                held_back = True
+                continue
+            self._emit(out, seq, num_new)
+            budget -= num_new
+
+        # 3. Swapped-out sequences come back before anything new is admitted.
+        if not preempted:
+            budget = self._swap_in(out, budget)
+
+        # 4. Admissions.
+        if not preempted and not held_back and not self.swapped:
+            self._admit(out, budget)
+
+        kv.release_pinned()
+        self._order_batch(out)
+        return out
+
+    def _make_room(self, seq: Sequence, index: int, out: SchedulerOutput) -> bool:
+        """Preempt from the tail until ``seq`` (at ``running[index]``) gets its slot.
+
+        Returns False if ``seq`` itself had to go (or can never fit).
+        """
+        kv = self.kv
+        while True:
+            if self.running[-1] is seq and index == 0:
+                # Nothing left to preempt: the sequence alone outgrows the cache.
+                self.running.pop()
+                self._drop_reservation(seq)
+                kv.free(seq)
+                self._too_large(seq)
+                return False
+            victim = self._preempt(out)
+            if victim is seq:
+                return False
+            if kv.append_slots(seq, 1, out.blocks_to_copy):
+                return True
+
+    def _too_large(self, seq: Sequence) -> None:
+        """Finish a sequence (already out of every queue) that can never fit."""
+        seq.status = SeqStatus.FINISHED
+        self._on_too_large(
+            seq,
+            f"sequence of {len(seq.token_ids)} tokens needs more KV blocks than the cache "
+            f"holds ({self.kv.pool.num_blocks} blocks of {self.kv.block_size} tokens)",
+        )
+
+    def _swap_in(self, out: SchedulerOutput, budget: int) -> int:
+        config = self.config
+        kv = self.kv
+        swapped = self.swapped
+        while swapped and budget > 0:
+            seq = swapped[0][1]
+            if len(self.running) + self.num_reserved + self._seats(seq) > config.max_num_seqs:
+                break
+            num_new = len(seq.token_ids) - seq.num_computed_tokens
+            if config.enable_chunked_prefill:
+                num_new = min(num_new, budget)
+            elif num_new > budget:
+                break
+            reserve = config.watermark_blocks if self.running else 0
+            if kv.num_free_blocks - kv.swap_in_cost(seq, num_new) < reserve:
+                if self.running:
+                    break
+                heapq.heappop(swapped)
+                kv.free_host(seq)
+                self._too_large(seq)
+                continue
+            heapq.heappop(swapped)
+            kv.swap_in(seq, out.blocks_to_swap_in)
+            if not kv.append_slots(seq, num_new, out.blocks_to_copy):
+                raise RuntimeError("Scheduler: swap-in room was checked but append failed")
+            self._start_running(seq)
+            self._emit(out, seq, num_new)
+            budget -= num_new
+        return budget
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        config = self.config
+        kv = self.kv
+        waiting = self.waiting
+        while waiting and budget > 0:
+            seq = waiting[0][1]
+            if len(self.running) + self.num_reserved + self._seats(seq) > config.max_num_seqs:
+                break
+            cached = kv.cached_prefix(seq)
+            num_new = len(seq.token_ids) - len(cached) * kv.block_size
+            if config.enable_chunked_prefill:
+                num_new = min(num_new, budget)
+            elif num_new > budget:
+                break
+            reserve = config.watermark_blocks if self.running else 0
+            if not kv.admit(seq, cached, num_new, reserve):
+                if self.running:
+                    break
+                # Every block is free and it still does not fit: it never will.
+                heapq.heappop(waiting)
+                self._too_large(seq)
+                continue
+            heapq.heappop(waiting)
+            self._start_running(seq)
+            self._emit(out, seq, num_new)
+            budget -= num_new
+
+    def _start_running(self, seq: Sequence) -> None:
+        if seq.fork_pending:
+            self.num_reserved += seq.params.best_of - 1
+        self.add_running(seq)
+
+    @staticmethod
+    def _order_batch(out: SchedulerOutput) -> None:
+        """Move single-token entries (decodes) before prefill chunks, keeping order.
+
+        Only swap-ins and admissions can produce a single-token entry after a chunk
+        (a resumed decode, or a prompt whose prefix was cached but its last token).
+        """
+        num_new_tokens = out.num_new_tokens
+        seen_chunk = False
+        for n in num_new_tokens:
+            if n != 1:
+                seen_chunk = True
+            elif seen_chunk:
+                break
+        else:
+            return
+        order = sorted(range(len(num_new_tokens)), key=lambda k: num_new_tokens[k] != 1)
+        offsets = [0]
+        for n in num_new_tokens:
+            offsets.append(offsets[-1] + n)
+        slots = out.slot_mapping
+        out.slot_mapping = [s for k in order for s in slots[offsets[k] : offsets[k + 1]]]
+        out.seqs = [out.seqs[k] for k in order]
+        out.num_new_tokens = [num_new_tokens[k] for k in order]
+        out.num_samples = [out.num_samples[k] for k in order]

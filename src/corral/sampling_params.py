@@ -1,0 +1,166 @@
+"""`SamplingParams`: how a request's tokens are chosen and when its generation stops.
+
+Field names, defaults and validation follow vLLM's ``SamplingParams`` so that code
+written for vLLM carries over. Greedy sampling is ``temperature == 0``; it ignores
+``top_p``, ``top_k`` and ``min_p`` (they are reset to their neutral values) and allows
+only ``best_of == 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from corral.errors import NotSupportedError
+
+LogitsProcessor = Callable[[list[int], Any], Any]
+"""``(output_token_ids, logits) -> logits``: called on a sequence's next-token logits
+(a 1-D tensor over the vocabulary) before sampling, like vLLM v0's processors."""
+
+_SAMPLING_EPS = 1e-5
+
+
+def _to_str_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _to_int_tuple(value: Sequence[int] | None) -> tuple[int, ...]:
+    return () if value is None else tuple(int(v) for v in value)
+
+
+def _to_proc_tuple(value: Sequence[LogitsProcessor] | None) -> tuple[LogitsProcessor, ...]:
+    return () if value is None else tuple(value)
+
+
+def _bad(field: str, allowed: str, value: object) -> ValueError:
+    return ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SamplingParams:
+    """Sampling parameters of one request (immutable, validated on construction).
+
+    Attributes:
+        n: Number of completions returned.
+        best_of: Number of completions generated, of which the ``n`` with the highest
+            cumulative log-probability are returned. Defaults to ``n``; must be >= n.
+            All samples share the prompt's KV blocks (copy-on-write).
+        presence_penalty: Penalizes tokens that already appeared in the output, in [-2, 2].
+        frequency_penalty: Penalizes tokens by their count in the output, in [-2, 2].
+        repetition_penalty: Divides (multiplies when negative) logits of tokens already in
+            the prompt or output, in (0, 2]; 1 disables it.
+        temperature: Softmax temperature, >= 0. 0 means greedy.
+        top_p: Nucleus sampling mass, in (0, 1].
+        top_k: Keep the k most likely tokens; -1 disables it.
+        min_p: Drop tokens less likely than ``min_p`` times the most likely one, in [0, 1].
+        seed: Makes sampling reproducible: a seeded request's samples do not depend on
+            the batch it runs in.
+        use_beam_search: Beam search is not supported yet; True raises NotSupportedError.
+        stop: Strings that end the generation; the matched string is cut from the text
+            unless ``include_stop_str_in_output``. Normalized to a tuple.
+        stop_token_ids: Token ids that end the generation (the token stays in
+            ``token_ids``). Normalized to a tuple.
+        include_stop_str_in_output: Keep the matched stop string in the text.
+        ignore_eos: Keep generating past the end-of-sequence token.
+        max_tokens: Upper bound on generated tokens per completion, >= 1; None means up
+            to the model's context length.
+        min_tokens: Stop conditions (EOS, stop tokens, stop strings) are ignored until
+            this many tokens were generated.
+        logprobs: Return the log-probabilities of the chosen token plus this many most
+            likely tokens at each step; None returns none.
+        prompt_logprobs: Same for each prompt token (the first has none). Such a request
+            is never served from the prefix cache.
+        skip_special_tokens: Leave special tokens out of the text.
+        spaces_between_special_tokens: Put spaces around special tokens in the text.
+        logits_processors: Callables ``(output_token_ids, logits) -> logits`` applied in
+            order before sampling.
+    """
+
+    n: int = 1
+    # None means n; __attrs_post_init__ resolves it, so readers always see an int.
+    best_of: int = attrs.field(default=None)  # type: ignore[assignment]
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    seed: int | None = None
+    use_beam_search: bool = False
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
+    stop_token_ids: tuple[int, ...] = attrs.field(default=(), converter=_to_int_tuple)
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    logits_processors: tuple[LogitsProcessor, ...] = attrs.field(
+        default=(), converter=_to_proc_tuple
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.best_of is None:
+            object.__setattr__(self, "best_of", self.n)
+        self._verify_args()
+        if self.use_beam_search:
+            raise NotSupportedError("use_beam_search=True: beam search is not supported yet")
+        if self.temperature < _SAMPLING_EPS:
+            # Greedy: truncation parameters have no effect, keep them neutral so that
+            # a runner can test one flag instead of four.
+            object.__setattr__(self, "top_p", 1.0)
+            object.__setattr__(self, "top_k", -1)
+            object.__setattr__(self, "min_p", 0.0)
+            if self.best_of != 1:
+                raise _bad("best_of", "1 when using greedy sampling (temperature 0)", self.best_of)
+
+    @property
+    def greedy(self) -> bool:
+        """True when the most likely token is always chosen (temperature 0)."""
+        return self.temperature < _SAMPLING_EPS
+
+    def _verify_args(self) -> None:
+        best_of = self.best_of
+        if self.n < 1:
+            raise _bad("n", "at least 1", self.n)
+        if best_of < self.n:
+            raise _bad("best_of", f"at least n={self.n}", best_of)
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            raise _bad("presence_penalty", "in [-2, 2]", self.presence_penalty)
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            raise _bad("frequency_penalty", "in [-2, 2]", self.frequency_penalty)
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise _bad("repetition_penalty", "in (0, 2]", self.repetition_penalty)
+        if not self.temperature >= 0.0:
+            raise _bad("temperature", "non-negative", self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            raise _bad("top_p", "in (0, 1]", self.top_p)
+        if self.top_k < -1 or self.top_k == 0:
+            raise _bad("top_k", "-1 (disabled) or at least 1", self.top_k)
+        if not 0.0 <= self.min_p <= 1.0:
+            raise _bad("min_p", "in [0, 1]", self.min_p)
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise _bad("max_tokens", "at least 1 or None", self.max_tokens)
+        if self.min_tokens < 0:
+            raise _bad("min_tokens", "non-negative", self.min_tokens)
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise _bad("min_tokens", f"at most max_tokens={self.max_tokens}", self.min_tokens)
+        if self.logprobs is not None and self.logprobs < 0:
+            raise _bad("logprobs", "non-negative or None", self.logprobs)
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise _bad("prompt_logprobs", "non-negative or None", self.prompt_logprobs)
+        if any(not s for s in self.stop):
+            raise _bad("stop", "non-empty strings", self.stop)
+        if any(t < 0 for t in self.stop_token_ids):
+            raise _bad("stop_token_ids", "non-negative token ids", self.stop_token_ids)
+        if not all(callable(p) for p in self.logits_processors):
+            raise _bad("logits_processors", "callables", self.logits_processors)
