@@ -1,0 +1,129 @@
+"""`LLM`: the offline front door; a batch of prompts in, their outputs out."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from corral.config import EngineArgs
+from corral.outputs import RequestOutput
+from corral.sampling_params import SamplingParams
+from corral.tokenization import encode_prompt
+
+
+class LLM:
+    """Generates completions for a batch of prompts with continuous batching (like vLLM's ``LLM``).
+
+    Args:
+        model: Path of a local Hugging Face model folder, or a model id in the local HF cache.
+        **engine_args: Any other `EngineArgs` field (``dtype``, ``max_model_len``,
+            ``num_kv_blocks``, ``seed``, ...).
+
+    Raises:
+        ValueError: for bad engine arguments or a model that cannot be loaded.
+    """
+
+    def __init__(self, model: str, **engine_args: Any) -> None:
+        from corral.model.factory import build_engine_core
+
+        self.engine_args = EngineArgs(model=model, **engine_args)
+        self.engine_core, self.tokenizer, self.model_config = build_engine_core(self.engine_args)
+        self._request_counter = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        """The Hugging Face tokenizer the engine encodes and decodes with."""
+        return self.tokenizer
+
+    def generate(
+        self,
+        prompts: str | Sequence[str] | None = None,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion and return the final outputs in input order.
+
+        Args:
+            prompts: One prompt or a list; may be None when ``prompt_token_ids`` is given.
+            sampling_params: One `SamplingParams` for all prompts or one per prompt;
+                None means the defaults.
+            prompt_token_ids: Token ids instead of (or alongside, then winning over)
+                the prompt texts: one list of ids or a list of them.
+            use_tqdm: Show a progress bar of finished requests.
+
+        Raises:
+            ValueError: before any request starts, when the inputs disagree in length or
+                a prompt is empty, has out-of-vocabulary ids or exceeds max_model_len.
+        """
+        texts, id_lists = _normalize_prompts(prompts, prompt_token_ids)
+        num_requests = len(texts) if texts is not None else len(id_lists or [])
+        params = _normalize_params(sampling_params, num_requests)
+        encoded = [
+            encode_prompt(
+                self.tokenizer,
+                None if id_lists is not None else texts[i] if texts is not None else None,
+                id_lists[i] if id_lists is not None else None,
+                vocab_size=self.model_config.vocab_size,
+                max_model_len=self.model_config.max_model_len,
+            )
+            for i in range(num_requests)
+        ]
+        order: dict[str, int] = {}
+        for i, ids in enumerate(encoded):
+            request_id = str(next(self._request_counter))
+            order[request_id] = i
+            prompt_text = texts[i] if texts is not None else None
+            self.engine_core.add_request(request_id, ids, params[i], prompt=prompt_text)
+        return self._run(order, use_tqdm)
+
+    def _run(self, order: dict[str, int], use_tqdm: bool) -> list[RequestOutput]:
+        results: list[RequestOutput | None] = [None] * len(order)
+        with tqdm(total=len(order), desc="Processed prompts", disable=not use_tqdm) as bar:
+            while self.engine_core.has_unfinished_requests():
+                for output in self.engine_core.step():
+                    if output.finished and output.request_id in order:
+                        results[order[output.request_id]] = output
+                        bar.update(1)
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise RuntimeError(f"engine stopped with requests {missing} unfinished")
+        return [r for r in results if r is not None]
+
+
+def _normalize_prompts(
+    prompts: str | Sequence[str] | None,
+    prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None,
+) -> tuple[list[str] | None, list[list[int]] | None]:
+    if prompts is None and prompt_token_ids is None:
+        raise ValueError("prompts: give prompts or prompt_token_ids")
+    texts = [prompts] if isinstance(prompts, str) else None if prompts is None else list(prompts)
+    id_lists: list[list[int]] | None = None
+    if prompt_token_ids is not None:
+        items = list(prompt_token_ids)
+        if items and all(isinstance(t, int) for t in items):
+            id_lists = [list(items)]  # type: ignore[arg-type]
+        else:
+            id_lists = [list(ids) for ids in items]  # type: ignore[arg-type]
+    if texts is not None and id_lists is not None and len(texts) != len(id_lists):
+        raise ValueError(
+            f"prompt_token_ids: {len(id_lists)} lists for {len(texts)} prompts; lengths must match"
+        )
+    return texts, id_lists
+
+
+def _normalize_params(
+    sampling_params: SamplingParams | Sequence[SamplingParams] | None, num_requests: int
+) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams()] * num_requests
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * num_requests
+    params = list(sampling_params)
+    if len(params) != num_requests:
+        raise ValueError(
+            f"sampling_params: {len(params)} given for {num_requests} prompts; lengths must match"
+        )
+    return params
