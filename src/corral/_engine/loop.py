@@ -1,0 +1,229 @@
+"""The engine loop: the one task that drives the `EngineCore`.
+
+User tasks never touch the core. `generate` and `abort` leave a command in the
+inbox and wake the loop; the loop applies the inbox only between steps, runs each
+``core.step()`` in a worker thread (one at a time, through a `CapacityLimiter(1)`)
+so that the event loop keeps serving consumers while the model computes, hands
+each step's outputs to the requests' states, and sleeps on an event when the core
+has nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+import attrs
+
+from corral.core.engine_core import EngineCore
+from corral.errors import EngineDeadError
+from corral.outputs import CompletionOutput, RequestOutput
+
+from .stream import RequestState
+
+
+def aborted_output(state: RequestState) -> RequestOutput:
+    """The final snapshot of an explicitly aborted request: the tokens its consumer
+    could already see, nothing newer, each unfinished completion marked "abort"."""
+    latest = state.latest
+    if latest is None:
+        completions = [
+            CompletionOutput(index, "", [], 0.0, None, "abort") for index in range(state.params.n)
+        ]
+        return RequestOutput(
+            state.request_id, state.prompt, state.prompt_token_ids, None, completions, True
+        )
+    completions = [
+        c if c.finish_reason is not None else attrs.evolve(c, finish_reason="abort")
+        for c in latest.outputs
+    ]
+    return attrs.evolve(latest, outputs=completions, finished=True)
+
+
+class EngineLoop:
+    """Owns the core and every live request's state.
+
+    Args:
+        core: The synchronous engine core; from now on only this object calls it.
+        on_finished: Called (in the event loop's thread) when a request ends, with its
+            final output, or None when it was aborted or its consumer went away.
+        on_step: Called after each step (for periodic stats logging).
+    """
+
+    def __init__(
+        self,
+        core: EngineCore,
+        *,
+        on_finished: Callable[[RequestState, RequestOutput | None], None],
+        on_step: Callable[[], None],
+    ) -> None:
+        self.core = core
+        self.live: dict[str, RequestState] = {}
+        self.fault: BaseException | None = None
+        self.stopping = False
+        self._on_finished = on_finished
+        self._on_step = on_step
+        self._limiter = anyio.CapacityLimiter(1)
+        # (is_add, state); carrying the state rather than its id keeps an abort aimed
+        # at the incarnation it was meant for when an id is reused at once.
+        self._inbox: deque[tuple[bool, RequestState]] = deque()
+        # Streams collected by the garbage collector, possibly in another thread;
+        # deque.append is atomic, everything else waits for the loop.
+        self._orphans: deque[RequestState] = deque()
+        self._in_core: dict[str, RequestState] = {}
+        self._wake: anyio.Event | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Drive the core until `stop`; a failing step kills the engine (see `fault`)."""
+        self._wake = anyio.Event()
+        task_status.started()
+        core = self.core
+        try:
+            while not self.stopping:
+                self._apply_inbox()
+                if not core.has_unfinished_requests():
+                    if not (self._inbox or self.stopping):
+                        await self._wake.wait()
+                        self._wake = anyio.Event()
+                    continue
+                outputs = await anyio.to_thread.run_sync(core.step, limiter=self._limiter)
+                self._dispatch(outputs)
+                self._on_step()
+        except Exception as exc:
+            self.die(exc)
+
+    def submit(self, state: RequestState) -> None:
+        """Register a request; atomic (no checkpoint), so a cancellation either
+        finds it fully registered or not at all."""
+        self.live[state.request_id] = state
+        self._push(True, state)
+
+    def abort(self, request_id: str) -> None:
+        """End a live request with a final "abort" output; unknown ids are ignored."""
+        state = self.live.get(request_id)
+        if state is None:
+            return
+        output = aborted_output(state)
+        self._forget(state)
+        state.end(output)
+        self._on_finished(state, None)
+        self._push(False, state)
+
+    def cancel(self, state: RequestState) -> None:
+        """Abort a request whose consumer has gone away (nothing more is delivered)."""
+        if state.done:
+            return
+        self._forget(state)
+        state.end()
+        self._on_finished(state, None)
+        self._push(False, state)
+
+    def orphan(self, state: RequestState) -> None:
+        """`cancel`, deferred to the loop; safe from a finalizer in any thread."""
+        self._orphans.append(state)
+
+    def stop(self) -> None:
+        """Abort every live request and let `run` return after the current step."""
+        self.stopping = True
+        for request_id in list(self.live):
+            self.abort(request_id)
+        if self._wake is not None:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """After `run` returned: apply the last aborts and free their blocks.
+
+        Aborted requests need no model work, so the core's step runs here, inline.
+        """
+        if self.fault is not None:
+            return
+        try:
+            self._apply_inbox()
+            if self.core.has_unfinished_requests():
+                self._dispatch(self.core.step())
+        except Exception as exc:
+            self.die(exc)
+
+    def die(self, cause: BaseException) -> None:
+        """Mark the engine dead: every live stream raises `EngineDeadError` from `cause`."""
+        self.fault = cause
+        self.stopping = True
+        states = {id(s): s for s in (*self.live.values(), *self._in_core.values())}
+        states.update((id(s), s) for _, s in self._inbox)
+        self.live.clear()
+        self._in_core.clear()
+        self._inbox.clear()
+        for state in states.values():
+            if not state.done:
+                error = EngineDeadError(
+                    f"the engine died: a step raised {type(cause).__name__}: {cause}"
+                )
+                error.__cause__ = cause
+                state.end(error=error)
+
+    def _push(self, is_add: bool, state: RequestState) -> None:
+        self._inbox.append((is_add, state))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _forget(self, state: RequestState) -> None:
+        if self.live.get(state.request_id) is state:
+            del self.live[state.request_id]
+
+    def _apply_inbox(self) -> None:
+        while self._orphans:
+            self.cancel(self._orphans.popleft())
+        core = self.core
+        while self._inbox:
+            is_add, state = self._inbox.popleft()
+            if is_add:
+                if not state.done:
+                    self._add(state)
+            elif state.core_id is not None and self._in_core.get(state.core_id) is state:
+                core.abort_request(state.core_id)
+
+    def _add(self, state: RequestState) -> None:
+        # An aborted request keeps its id in the core until its final output comes out
+        # of a step; a new request reusing the id meanwhile gets a private core id.
+        core_id = state.request_id
+        suffix = 0
+        while core_id in self._in_core:
+            suffix += 1
+            core_id = f"{state.request_id}~{suffix}"
+        try:
+            self.core.add_request(
+                core_id,
+                state.prompt_token_ids,
+                state.params,
+                prompt=state.prompt,
+                arrival_time=state.arrival_time,
+                prefix_pos=state.prefix_pos,
+            )
+        except ValueError as exc:
+            self._forget(state)
+            state.end(error=exc)
+            return
+        state.core_id = core_id
+        self._in_core[core_id] = state
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        in_core = self._in_core
+        for output in outputs:
+            state = in_core.get(output.request_id)
+            if state is None:
+                continue
+            if output.finished:
+                del in_core[output.request_id]
+            if state.done:
+                continue
+            if state.core_id != state.request_id:
+                output.request_id = state.request_id
+            if output.finished:
+                self._forget(state)
+                state.end(output)
+                self._on_finished(state, output)
+            elif not state.publish(output):
+                self.cancel(state)

@@ -1,0 +1,200 @@
+"""One request's path from the engine loop to its consumer: `RequestState` and `RequestStream`.
+
+The loop keeps the latest cumulative `RequestOutput` of a request in its
+`RequestState` and pokes the consumer through a memory object stream of buffer 1
+that carries nothing but wake-ups. A full buffer means a wake-up is already
+pending, so the loop never blocks and never queues: a slow consumer reads the
+newest snapshot when it comes back (outputs coalesce), a fast one sees every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from corral.outputs import RequestOutput
+    from corral.sampling_params import SamplingParams
+
+
+class RequestState:
+    """The engine's record of one request; touched only by the event loop's thread.
+
+    ``done`` turns True once the engine will publish nothing more (finished,
+    aborted, cancelled or failed); from then on the send side is closed.
+    """
+
+    __slots__ = (
+        "arrival_time",
+        "core_id",
+        "done",
+        "error",
+        "latest",
+        "params",
+        "prefix_pos",
+        "prompt",
+        "prompt_token_ids",
+        "receive",
+        "request_id",
+        "send",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        prefix_pos: int | None,
+        arrival_time: float,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.prefix_pos = prefix_pos
+        self.arrival_time = arrival_time
+        # The id under which the core knows this request; differs from request_id only
+        # when an aborted earlier request with the same id is still being flushed.
+        self.core_id: str | None = None
+        self.latest: RequestOutput | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.send, self.receive = anyio.create_memory_object_stream[None](1)
+
+    def publish(self, output: RequestOutput) -> bool:
+        """Make `output` the latest snapshot and wake the consumer.
+
+        Returns False when the consumer has gone away (its receive side is closed).
+        """
+        self.latest = output
+        try:
+            self.send.send_nowait(None)
+        except anyio.WouldBlock:
+            pass  # a wake-up is pending: the consumer will read this newer snapshot
+        except anyio.BrokenResourceError:
+            return False
+        return True
+
+    def end(self, output: RequestOutput | None = None, error: BaseException | None = None) -> None:
+        """Deliver the final output or an error (or nothing, for a cancelled consumer)."""
+        if self.done:
+            return
+        self.done = True
+        self.error = error
+        if output is not None or error is not None:
+            if output is not None:
+                self.latest = output
+            try:
+                self.send.send_nowait(None)
+            except (anyio.WouldBlock, anyio.BrokenResourceError):
+                pass  # pending wake-up, or nobody left to wake
+        self.send.close()
+
+
+class RequestStream:
+    """The outputs of one request, as an async iterator and an async context manager.
+
+    Each item is the request's cumulative `RequestOutput` (text and token ids so far);
+    the last one has ``finished=True``. A consumer that falls behind skips
+    intermediate snapshots and gets the newest one: memory stays bounded and the
+    batch never waits for it.
+
+    The request is aborted, synchronously and without awaiting anything, when the
+    consumer stops early in any of these ways: a cancellation delivered while
+    waiting in ``__anext__`` (``move_on_after``, ``fail_after``, a cancelled task
+    group), leaving ``async with`` before the end, `close` or `aclose`, or garbage
+    collection of an abandoned stream (which is what a ``break`` out of a bare
+    ``async for engine.generate(...)`` amounts to in CPython). Its KV blocks are
+    free after the engine's next step. Prefer ``async with`` where the abort must
+    happen at a known point.
+
+    Raises (from iteration):
+        EngineDeadError: the engine died; the step's exception is ``__cause__``.
+        ValueError: the engine core refused the request.
+    """
+
+    __slots__ = ("__weakref__", "_cancel", "_closed", "_finished", "_orphan", "_state")
+
+    def __init__(
+        self,
+        state: RequestState,
+        cancel: Callable[[RequestState], None],
+        orphan: Callable[[RequestState], None],
+    ) -> None:
+        self._state = state
+        self._cancel = cancel
+        self._orphan = orphan
+        self._finished = False
+        self._closed = False
+
+    @property
+    def request_id(self) -> str:
+        """The request's id (generated by the engine when the caller gave none)."""
+        return self._state.request_id
+
+    @property
+    def finished(self) -> bool:
+        """True once the final output (or an error) has been handed to the consumer."""
+        return self._finished
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._finished:
+            raise StopAsyncIteration
+        state = self._state
+        try:
+            await state.receive.receive()
+        except BaseException:
+            self.close()
+            raise
+        if state.error is not None:
+            self.close()
+            raise state.error
+        output = state.latest
+        assert output is not None  # a wake-up is only sent after a snapshot is stored
+        if output.finished:
+            self.close()
+        return output
+
+    def close(self) -> None:
+        """Stop consuming; aborts the request if it has not finished. Never blocks."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finished = True
+        self._state.receive.close()
+        if not self._state.done:
+            self._cancel(self._state)
+
+    async def aclose(self) -> None:
+        """Same as `close` (async, for code written against async generators)."""
+        self.close()
+
+    def __del__(self) -> None:
+        # The collector may run this in any thread and in the middle of the engine
+        # loop's bookkeeping, so only hand the request over; the loop aborts it at
+        # its next step boundary.
+        if self._closed:
+            return
+        self._closed = True
+        self._state.receive.close()
+        if not self._state.done:
+            self._orphan(self._state)

@@ -1,0 +1,328 @@
+"""The async front door: `open_engine`, `AsyncEngine` and `RequestStream`.
+
+The engine lives inside the caller's trio or asyncio program. `open_engine` loads
+the model in a worker thread, starts the engine loop as a task of its own task
+group, and hands out an `AsyncEngine` only once that loop is ready. Everything the
+engine does happens inside the ``async with`` block: there is no background task
+that outlives it. See docs/async.md for the concurrency contract.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from corral._engine.loop import EngineLoop
+from corral._engine.reporting import RequestLogger, StatsLogger
+from corral._engine.stream import RequestState, RequestStream
+from corral.config import AsyncEngineArgs, EngineArgs
+from corral.core.engine_core import EngineCore
+from corral.core.stats import EngineStats
+from corral.errors import EngineDeadError, NotSupportedError
+from corral.sampling_params import SamplingParams
+from corral.tokenization import encode_prompt, validate_prompt
+
+__all__ = [
+    "AsyncEngine",
+    "EngineClosedError",
+    "RequestStream",
+    "open_engine",
+    "open_engine_from_core",
+]
+
+
+class EngineClosedError(EngineDeadError):
+    """The engine is not running: used outside its ``async with`` block."""
+
+
+class AsyncEngine:
+    """A running engine; obtain one from `open_engine` or `open_engine_from_core`.
+
+    Every method is called from the event loop's thread (any task). None of them
+    waits for the model: requests are handed to the engine loop, which takes them
+    up at its next step boundary.
+    """
+
+    def __init__(
+        self,
+        core: EngineCore,
+        *,
+        tokenizer: Any,
+        model_config: Any,
+        request_logger: RequestLogger,
+        stats_logger: StatsLogger,
+    ) -> None:
+        self._core = core
+        self._tokenizer = tokenizer
+        self._model_config = model_config
+        self._request_logger = request_logger
+        self._loop = EngineLoop(
+            core, on_finished=request_logger.finished, on_step=stats_logger.after_step
+        )
+        self._state = "new"
+
+    @property
+    def is_running(self) -> bool:
+        """True inside the engine's block while the engine loop is alive."""
+        return self._state == "running" and self._loop.fault is None
+
+    def generate(
+        self,
+        prompt: str | None,
+        sampling_params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        prompt_token_ids: Sequence[int] | None = None,
+        lora_request: object = None,
+        prefix_pos: int | None = None,
+    ) -> RequestStream:
+        """Submit a request and return the stream of its cumulative outputs.
+
+        The request is registered before this returns (no checkpoint in between), so
+        cancellation can never leave it half-known. It runs whether or not the stream
+        is read; ending the stream early aborts it (see `RequestStream`).
+
+        Args:
+            prompt: The prompt text; may be None when ``prompt_token_ids`` is given
+                (then it is only echoed in outputs).
+            sampling_params: How to sample and when to stop.
+            request_id: Unique among live requests; an int is turned into its string.
+                A fresh id is generated when None. An id may be reused as soon as its
+                previous request has ended, aborted or not.
+            prompt_token_ids: The prompt as token ids; else ``prompt`` is tokenized
+                (with special tokens, as vLLM does), in this call.
+            lora_request: LoRA adapters are not supported yet; anything but None raises.
+            prefix_pos: Hint that the first ``prefix_pos`` prompt tokens are a shared
+                prefix whose KV blocks should stay cached longest.
+
+        Raises:
+            ValueError: a live duplicate ``request_id``, or a prompt the engine can never
+                serve (empty, out-of-vocabulary ids, longer than ``max_model_len``,
+                larger than the KV cache), with the field named.
+            NotSupportedError: ``lora_request`` is not None.
+            EngineDeadError: the engine died (the step's error is ``__cause__``).
+            EngineClosedError: the engine's block has been left (or not entered).
+        """
+        self._check_running()
+        if lora_request is not None:
+            raise NotSupportedError("lora_request: LoRA adapters are not supported yet")
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            request_id = str(request_id)
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        elif not isinstance(request_id, str):
+            raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
+        if request_id in self._loop.live:
+            raise ValueError(f"request_id {request_id!r} is already in use by a live request")
+        if not isinstance(sampling_params, SamplingParams):
+            raise ValueError(
+                f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}"
+            )
+        token_ids = self._prompt_token_ids(prompt, prompt_token_ids)
+        self._check_fits(token_ids, sampling_params, prefix_pos)
+        state = RequestState(
+            request_id, prompt, token_ids, sampling_params, prefix_pos, time.time()
+        )
+        self._loop.submit(state)
+        self._request_logger.received(state)
+        return RequestStream(state, self._loop.cancel, self._loop.orphan)
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a request; a no-op for unknown or already finished ids.
+
+        Its stream ends at once with a final output whose unfinished completions have
+        finish_reason "abort" and hold no tokens newer than the stream already offered.
+        Its KV blocks are free after the engine's next step.
+        """
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            request_id = str(request_id)
+        self._loop.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the core's queues, cache use and counters."""
+        return self._core.stats()
+
+    async def get_tokenizer(self) -> Any:
+        """The Hugging Face tokenizer; None for an engine opened from a core without one."""
+        return self._tokenizer
+
+    async def get_model_config(self) -> Any:
+        """The model's `ModelConfig`; None for an engine opened from a bare core."""
+        return self._model_config
+
+    def _check_running(self) -> None:
+        fault = self._loop.fault
+        if fault is not None:
+            raise EngineDeadError(
+                f"the engine died: a step raised {type(fault).__name__}: {fault}"
+            ) from fault
+        if self._state != "running" or self._loop.stopping:
+            raise EngineClosedError(
+                "the engine is not running: use it inside `async with open_engine(...)`"
+            )
+
+    def _prompt_token_ids(
+        self, prompt: str | None, prompt_token_ids: Sequence[int] | None
+    ) -> list[int]:
+        config = self._model_config
+        if prompt_token_ids is None and self._tokenizer is None:
+            raise ValueError("prompt_token_ids: required, since this engine has no tokenizer")
+        if prompt_token_ids is None:
+            return encode_prompt(
+                self._tokenizer,
+                prompt,
+                None,
+                vocab_size=config.vocab_size,
+                max_model_len=config.max_model_len,
+            )
+        if config is not None:
+            return validate_prompt(
+                prompt_token_ids, vocab_size=config.vocab_size, max_model_len=config.max_model_len
+            )
+        token_ids = [int(t) for t in prompt_token_ids]
+        if not token_ids or min(token_ids) < 0:
+            raise ValueError("prompt_token_ids: needs at least one token, all non-negative")
+        return token_ids
+
+    def _check_fits(
+        self, token_ids: list[int], params: SamplingParams, prefix_pos: int | None
+    ) -> None:
+        # The core would reject these at its next step; saying so here is clearer.
+        config = self._core.config
+        if len(token_ids) > config.max_model_len:
+            raise ValueError(
+                f"prompt: {len(token_ids)} tokens exceed max_model_len={config.max_model_len}"
+            )
+        if -(-len(token_ids) // config.block_size) > config.num_kv_blocks:
+            raise ValueError(
+                f"prompt: {len(token_ids)} tokens need more KV blocks than the cache holds "
+                f"({config.num_kv_blocks} blocks of {config.block_size} tokens)"
+            )
+        if params.best_of > config.max_num_seqs:
+            raise ValueError(
+                f"sampling_params.best_of={params.best_of} exceeds "
+                f"max_num_seqs={config.max_num_seqs}"
+            )
+        if params.stop and self._core.detokenizer is None:
+            raise ValueError("sampling_params.stop: stop strings need a tokenizer")
+        if prefix_pos is not None and not 0 <= prefix_pos <= len(token_ids):
+            raise ValueError(
+                f"prefix_pos must be in [0, {len(token_ids)}] (the prompt length), "
+                f"got {prefix_pos!r}"
+            )
+
+
+@asynccontextmanager
+async def open_engine_from_core(
+    core: EngineCore,
+    *,
+    tokenizer: Any = None,
+    model_config: Any = None,
+    log_requests: bool = True,
+    max_log_len: int | None = None,
+    log_stats: bool = True,
+    stats_interval: float = 5.0,
+) -> AsyncIterator[AsyncEngine]:
+    """Run an engine over an already built `EngineCore` (e.g. `corral.testing`'s).
+
+    The block is entered once the engine loop is running. On leaving it, every live
+    request is aborted (its stream, if still read elsewhere, ends with finish_reason
+    "abort"), the loop stops after the step in flight, and the aborted requests'
+    KV blocks are freed; no task or step outlives the block.
+
+    If a step raised, the engine is dead: streams raise `EngineDeadError`, and leaving
+    the block re-raises the step's original exception (not an ExceptionGroup), even
+    when the block itself ended normally or with an `EngineDeadError`.
+
+    Args:
+        core: The core to drive; it must not be used elsewhere while the engine runs.
+        tokenizer: Tokenizes text prompts; without one, requests must give token ids.
+        model_config: Enables vocabulary checks of prompts (``vocab_size``,
+            ``max_model_len``); returned by `AsyncEngine.get_model_config`.
+        log_requests: Log each request's arrival and end.
+        max_log_len: Longest prompt (characters or token ids) that is logged.
+        log_stats: Log throughput, queues and KV cache use every ``stats_interval``
+            seconds while the engine works.
+        stats_interval: Seconds between two statistics lines.
+    """
+    if max_log_len is not None and max_log_len < 0:
+        raise ValueError(f"max_log_len must be non-negative or None, got {max_log_len!r}")
+    engine = AsyncEngine(
+        core,
+        tokenizer=tokenizer,
+        model_config=model_config,
+        request_logger=RequestLogger(enabled=log_requests, max_log_len=max_log_len),
+        stats_logger=StatsLogger(core.stats, interval=stats_interval, enabled=log_stats),
+    )
+    loop = engine._loop
+    body_error: Exception | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(loop.run)
+            engine._state = "running"
+            try:
+                yield engine
+            except Exception as exc:
+                # Re-raised below, outside the task group, so that it is not wrapped
+                # in an ExceptionGroup.
+                body_error = exc
+            finally:
+                engine._state = "closed"
+                loop.stop()
+    finally:
+        engine._state = "closed"
+        loop.flush()
+    if loop.fault is not None:
+        raise loop.fault
+    if body_error is not None:
+        raise body_error
+
+
+@asynccontextmanager
+async def open_engine(
+    args: EngineArgs | str | None = None, /, **engine_args: Any
+) -> AsyncIterator[AsyncEngine]:
+    """Load a model and run an engine over it for the duration of the block.
+
+    Call as ``open_engine(model="path", **engine_args)``, ``open_engine("path", ...)``
+    or ``open_engine(EngineArgs(...))``. The model loads in a worker thread, so the
+    event loop keeps running meanwhile; a cancellation during loading takes effect
+    when loading ends. `AsyncEngineArgs` fields (``log_requests``, ``max_log_len``,
+    ``disable_log_stats``) set up logging. Leaving the block behaves as in
+    `open_engine_from_core`.
+
+    Raises:
+        ValueError: invalid engine arguments, or a model that cannot be loaded.
+    """
+    if isinstance(args, EngineArgs):
+        if engine_args:
+            raise ValueError("open_engine: give either an EngineArgs or keyword arguments")
+        resolved = args
+    elif isinstance(args, str):
+        resolved = AsyncEngineArgs(model=args, **engine_args)
+    elif args is None:
+        resolved = AsyncEngineArgs(**engine_args)
+    else:
+        raise ValueError(f"args must be EngineArgs or a model path, got {type(args).__name__}")
+    from corral.model.factory import build_engine_core
+
+    core, tokenizer, model_config = await anyio.to_thread.run_sync(build_engine_core, resolved)
+    log_requests, max_log_len, log_stats = True, None, True
+    if isinstance(resolved, AsyncEngineArgs):
+        log_requests = resolved.log_requests
+        max_log_len = resolved.max_log_len
+        log_stats = not resolved.disable_log_stats
+    async with open_engine_from_core(
+        core,
+        tokenizer=tokenizer,
+        model_config=model_config,
+        log_requests=log_requests,
+        max_log_len=max_log_len,
+        log_stats=log_stats,
+    ) as engine:
+        yield engine
