@@ -51,7 +51,7 @@ def test_allocate_and_free_conserve_blocks() -> None:
 
 def test_uncached_free_blocks_are_reused_before_cached_ones() -> None:
     pool = BlockPool(3)
-    a, b, c = (pool.allocate() for _ in range(3))
+    a, b, _ = (pool.allocate() for _ in range(3))
     pool.cache(a, 111, None, (1, 2))
     pool.free(a)
     pool.free(b)

@@ -228,13 +228,15 @@ def test_fcfs_admission_order() -> None:
 
 def test_budget_and_max_num_seqs_are_respected_every_step() -> None:
     class Recorder(FakeModelRunner):
-        batches: list[tuple[int, int]] = []
+        def __init__(self) -> None:
+            super().__init__(block_size=4)
+            self.batches: list[tuple[int, int]] = []
 
         def execute(self, scheduler_output):  # type: ignore[no-untyped-def]
             self.batches.append((scheduler_output.num_batched_tokens, len(scheduler_output.seqs)))
             return super().execute(scheduler_output)
 
-    runner = Recorder(block_size=4)
+    runner = Recorder()
     core = make_fake_core(runner, max_num_seqs=3, max_num_batched_tokens=10)
     for i in range(6):
         core.add_request(str(i), list(range(1, 12)), GREEDY)

@@ -73,13 +73,13 @@ def test_beam_search_is_not_supported_yet() -> None:
 
 
 def test_engine_args_validate_fields() -> None:
-    with pytest.raises(ValueError, match="^dtype must be one of"):
+    with pytest.raises(ValueError, match=r"^dtype must be one of"):
         EngineArgs(model="m", dtype="int3")
-    with pytest.raises(ValueError, match="^preemption_mode must be one of"):
+    with pytest.raises(ValueError, match=r"^preemption_mode must be one of"):
         EngineArgs(model="m", preemption_mode="drop")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^max_num_batched_tokens must be at least max_num_seqs"):
+    with pytest.raises(ValueError, match=r"^max_num_batched_tokens must be at least max_num_seqs"):
         EngineArgs(model="m", max_num_seqs=8, max_num_batched_tokens=4)
-    with pytest.raises(ValueError, match="^block_size must be a positive integer"):
+    with pytest.raises(ValueError, match=r"^block_size must be a positive integer"):
         EngineArgs(model="m", block_size=0)
 
 
@@ -103,12 +103,12 @@ def test_core_config_defaults_the_budget() -> None:
 
 
 def test_core_config_rejects_a_cache_smaller_than_one_sequence() -> None:
-    with pytest.raises(ValueError, match="^max_model_len must be at most the KV cache"):
+    with pytest.raises(ValueError, match=r"^max_model_len must be at most the KV cache"):
         EngineArgs(model="m").core_config(num_kv_blocks=4, num_host_blocks=0, max_model_len=100)
 
 
 def test_core_config_without_chunked_prefill_needs_budget_for_a_whole_prompt() -> None:
-    with pytest.raises(ValueError, match="^max_num_batched_tokens must be at least max_model_len"):
+    with pytest.raises(ValueError, match=r"^max_num_batched_tokens must be at least max_model_len"):
         CoreConfig(
             num_kv_blocks=10,
             max_model_len=64,
@@ -121,5 +121,5 @@ def test_core_config_without_chunked_prefill_needs_budget_for_a_whole_prompt() -
 def test_async_engine_args_add_logging_options() -> None:
     args = AsyncEngineArgs(model="m", max_log_len=10)
     assert args.log_requests and not args.disable_log_stats and args.max_log_len == 10
-    with pytest.raises(ValueError, match="^max_log_len must be"):
+    with pytest.raises(ValueError, match=r"^max_log_len must be"):
         AsyncEngineArgs(model="m", max_log_len=-1)
