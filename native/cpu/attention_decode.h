@@ -1,0 +1,123 @@
+// Decode kernel: one query token, the query heads of one GQA group, one range of
+// key positions read straight from the paged cache. Memory bound, so each key and
+// value row is loaded once for the whole group and all math stays in registers or
+// L1; the result is a partial softmax state (max, sum, unnormalised output) that
+// paged_attention.cpp either normalises or merges with other partitions.
+#pragma once
+
+#include "vec_math.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace corral::cpu {
+
+// Where one sequence's keys and values live, as seen by one kv head.
+template <typename T>
+struct PagedView {
+  const T* key_cache;
+  const T* value_cache;
+  const int32_t* block_table;  // this sequence's row of block_tables
+  int64_t block_size;
+  int64_t slot_stride;  // elements between consecutive slots: num_kv_heads * head_size
+  int64_t head_offset;  // elements from a slot's start to this kv head's row
+  int64_t head_size;
+
+  const T* key_row(int64_t pos) const { return key_cache + offset(pos); }
+  const T* value_row(int64_t pos) const { return value_cache + offset(pos); }
+  int64_t offset(int64_t pos) const {
+    const int64_t block = block_table[pos / block_size];
+    return (block * block_size + pos % block_size) * slot_stride + head_offset;
+  }
+};
+
+// Softmax state of `rows` query rows: running max, running sum, unnormalised output.
+struct PartialState {
+  float* max;  // [rows]
+  float* sum;  // [rows]
+  float* acc;  // [rows, head_size]
+};
+
+// scores[g] = dot(q[g], k) for NG rows at once, so k is read once per group.
+template <int NG, typename T>
+inline void dot_rows(const float* q, int64_t head_size, const T* k, float* scores,
+                     int64_t score_stride) {
+  fVec sums[NG];
+  for (int g = 0; g < NG; ++g) {
+    sums[g] = fVec(0.0f);
+  }
+  for (int64_t d = 0; d < head_size; d += kVec) {
+    const fVec kv = load_f32(k + d);
+    for (int g = 0; g < NG; ++g) {
+      sums[g] = fmadd(fVec::loadu(q + g * head_size + d), kv, sums[g]);
+    }
+  }
+  for (int g = 0; g < NG; ++g) {
+    scores[g * score_stride] =
+        at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, sums[g]);
+  }
+}
+
+template <typename T>
+inline void dot_group(const float* q, int64_t rows, int64_t head_size, const T* k,
+                      float* scores, int64_t score_stride) {
+  int64_t g = 0;
+  for (; g + 4 <= rows; g += 4) {
+    dot_rows<4>(q + g * head_size, head_size, k, scores + g * score_stride, score_stride);
+  }
+  const float* qg = q + g * head_size;
+  float* sg = scores + g * score_stride;
+  switch (rows - g) {
+    case 3:
+      dot_rows<3>(qg, head_size, k, sg, score_stride);
+      break;
+    case 2:
+      dot_rows<2>(qg, head_size, k, sg, score_stride);
+      break;
+    case 1:
+      dot_rows<1>(qg, head_size, k, sg, score_stride);
+      break;
+    default:
+      break;
+  }
+}
+
+// Attention of `rows` scaled float query rows `q` [rows, head_size] over key
+// positions [begin, end), all visible to every row. `scores` is scratch of
+// rows * kDecodeChunk floats. Fills `state` (overwriting it).
+constexpr int64_t kDecodeChunk = 256;
+
+template <typename T>
+void decode_attend(const PagedView<T>& view, const float* q, int64_t rows, int64_t begin,
+                   int64_t end, float* scores, PartialState state) {
+  const int64_t hs = view.head_size;
+  for (int64_t r = 0; r < rows; ++r) {
+    state.max[r] = kNegInf;
+    state.sum[r] = 0.0f;
+    std::fill(state.acc + r * hs, state.acc + (r + 1) * hs, 0.0f);
+  }
+  for (int64_t c0 = begin; c0 < end; c0 += kDecodeChunk) {
+    const int64_t n = std::min(kDecodeChunk, end - c0);
+    for (int64_t j = 0; j < n; ++j) {
+      dot_group(q, rows, hs, view.key_row(c0 + j), scores + j, kDecodeChunk);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = scores + r * kDecodeChunk;
+      const float new_max = std::max(state.max[r], max_of(s, n));
+      const float rescale = std::exp(state.max[r] - new_max);
+      state.sum[r] = state.sum[r] * rescale + exp_shift_sum(s, n, new_max);
+      state.max[r] = new_max;
+      if (rescale != 1.0f) {
+        scale_row(state.acc + r * hs, hs, rescale);
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const T* v = view.value_row(c0 + j);
+      for (int64_t r = 0; r < rows; ++r) {
+        axpy_row(state.acc + r * hs, scores[r * kDecodeChunk + j], v, hs);
+      }
+    }
+  }
+}
+
+}  // namespace corral::cpu

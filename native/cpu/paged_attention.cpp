@@ -1,0 +1,309 @@
+// CPU paged_attention: validates the batch, cuts it into independent tasks and
+// runs them on torch's thread pool.
+//
+// A task is one kv head of one sequence: for a decode token (q_len 1) a range of
+// key positions ("partition"), for a prefill chunk a tile of query tokens. When a
+// batch has fewer tasks than threads, decode contexts are split into partitions
+// whose partial softmax states are merged afterwards (split-K / flash-decoding).
+// Tasks are handed out through an atomic counter, largest first, so uneven causal
+// tiles balance across threads.
+#include "attention_prefill.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+namespace corral {
+namespace {
+
+using cpu::kHeadSizeMultiple;
+
+struct Task {
+  int64_t seq;
+  int64_t kv_head;
+  int64_t first;      // decode: first key position; prefill: first query token (local)
+  int64_t last;       // exclusive
+  int64_t partition;  // index into the partial-state buffer, or -1: write `out` directly
+};
+
+struct Batch {
+  int64_t num_seqs, num_heads, num_kv_heads, head_size, block_size, max_blocks, group;
+  const int32_t* query_start;
+  const int32_t* seq_lens;
+  const int32_t* block_tables;
+};
+
+Batch check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                   const at::Tensor& value_cache, const at::Tensor& query_start_loc,
+                   const at::Tensor& seq_lens, const at::Tensor& block_tables) {
+  constexpr const char* op = "paged_attention";
+  for (const auto* t : {&out, &query, &key_cache, &value_cache, &query_start_loc, &seq_lens,
+                        &block_tables}) {
+    TORCH_CHECK(t->device().is_cpu(), op, ": every tensor must be on the CPU, got one on ",
+                t->device());
+  }
+  TORCH_CHECK(query.dim() == 3, op, ": query must be [num_tokens, num_heads, head_size], got ",
+              query.sizes());
+  const auto dtype = query.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+              ": query dtype must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(key_cache.dim() == 4, op,
+              ": key_cache must be [num_blocks, block_size, num_kv_heads, head_size], got ",
+              key_cache.sizes());
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, ": value_cache shape ",
+              value_cache.sizes(), " differs from key_cache shape ", key_cache.sizes());
+  TORCH_CHECK(key_cache.scalar_type() == dtype && value_cache.scalar_type() == dtype &&
+                  out.scalar_type() == dtype,
+              op, ": out, query, key_cache and value_cache must share one dtype, got ",
+              out.scalar_type(), ", ", dtype, ", ", key_cache.scalar_type(), ", ",
+              value_cache.scalar_type());
+  TORCH_CHECK(out.sizes() == query.sizes(), op, ": out shape ", out.sizes(),
+              " differs from query shape ", query.sizes());
+  for (const auto* t : {&out, &query, &key_cache, &value_cache, &block_tables}) {
+    TORCH_CHECK(t->is_contiguous(), op,
+                ": out, query, key_cache, value_cache and block_tables must be contiguous");
+  }
+  Batch b;
+  b.num_heads = query.size(1);
+  b.head_size = query.size(2);
+  b.block_size = key_cache.size(1);
+  b.num_kv_heads = key_cache.size(2);
+  TORCH_CHECK(key_cache.size(3) == b.head_size, op, ": query head_size ", b.head_size,
+              " differs from the cache's ", key_cache.size(3));
+  TORCH_CHECK(b.head_size > 0 && b.head_size % kHeadSizeMultiple == 0, op,
+              ": head_size must be a positive multiple of ", kHeadSizeMultiple, ", got ",
+              b.head_size);
+  TORCH_CHECK(b.num_kv_heads > 0 && b.num_heads % b.num_kv_heads == 0, op, ": num_heads ",
+              b.num_heads, " is not a multiple of num_kv_heads ", b.num_kv_heads);
+  b.group = b.num_heads / b.num_kv_heads;
+
+  for (const auto* t : {&query_start_loc, &seq_lens, &block_tables}) {
+    TORCH_CHECK(t->scalar_type() == at::kInt, op,
+                ": query_start_loc, seq_lens and block_tables must be int32, got ",
+                t->scalar_type());
+  }
+  TORCH_CHECK(seq_lens.dim() == 1, op, ": seq_lens must be 1-D, got ", seq_lens.sizes());
+  b.num_seqs = seq_lens.size(0);
+  TORCH_CHECK(query_start_loc.dim() == 1 && query_start_loc.size(0) == b.num_seqs + 1, op,
+              ": query_start_loc must have shape [num_seqs + 1] = [", b.num_seqs + 1,
+              "], got ", query_start_loc.sizes());
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == b.num_seqs, op,
+              ": block_tables must have shape [num_seqs = ", b.num_seqs, ", max_blocks], got ",
+              block_tables.sizes());
+  b.max_blocks = block_tables.size(1);
+  TORCH_CHECK(query_start_loc.is_contiguous() && seq_lens.is_contiguous(), op,
+              ": query_start_loc and seq_lens must be contiguous");
+  b.query_start = query_start_loc.data_ptr<int32_t>();
+  b.seq_lens = seq_lens.data_ptr<int32_t>();
+  b.block_tables = block_tables.data_ptr<int32_t>();
+
+  const int64_t num_blocks = key_cache.size(0);
+  TORCH_CHECK(b.query_start[0] == 0, op, ": query_start_loc[0] must be 0, got ",
+              b.query_start[0]);
+  TORCH_CHECK(b.query_start[b.num_seqs] == query.size(0), op, ": query_start_loc[-1] = ",
+              b.query_start[b.num_seqs], " differs from num_tokens ", query.size(0));
+  for (int64_t s = 0; s < b.num_seqs; ++s) {
+    const int64_t q_len = b.query_start[s + 1] - b.query_start[s];
+    const int64_t ctx = b.seq_lens[s];
+    TORCH_CHECK(q_len >= 0, op, ": query_start_loc must be non-decreasing, but entry ", s + 1,
+                " is below entry ", s);
+    TORCH_CHECK(ctx >= q_len, op, ": seq_lens[", s, "] = ", ctx,
+                " is below the sequence's query length ", q_len);
+    TORCH_CHECK(ctx <= b.max_blocks * b.block_size, op, ": seq_lens[", s, "] = ", ctx,
+                " needs more than the ", b.max_blocks, " blocks of size ", b.block_size,
+                " a block_tables row holds");
+    const int32_t* row = b.block_tables + s * b.max_blocks;
+    for (int64_t i = 0; i < (ctx + b.block_size - 1) / b.block_size; ++i) {
+      TORCH_CHECK(row[i] >= 0 && row[i] < num_blocks, op, ": block_tables[", s, "][", i,
+                  "] = ", row[i], " is out of range for a cache with ", num_blocks, " blocks");
+    }
+  }
+  return b;
+}
+
+// Below this many keys a decode partition costs more to merge than it saves.
+constexpr int64_t kMinPartition = 256;
+
+// One decode (sequence, kv head) whose key range was split into partitions.
+struct Merge {
+  int64_t seq, kv_head, first_partition, num_partitions;
+};
+
+struct Plan {
+  std::vector<Task> tasks;
+  std::vector<Merge> merges;
+  int64_t num_partitions = 0;
+  int64_t tile_tokens = 1;
+};
+
+Plan make_plan(const Batch& b, int64_t window, int64_t num_threads) {
+  Plan plan;
+  plan.tile_tokens = std::max<int64_t>(1, cpu::kPrefillTileRows / b.group);
+  std::vector<Task> decode;
+  for (int64_t s = 0; s < b.num_seqs; ++s) {
+    const int64_t q_len = b.query_start[s + 1] - b.query_start[s];
+    const int64_t ctx = b.seq_lens[s];
+    for (int64_t h = 0; q_len > 0 && h < b.num_kv_heads; ++h) {
+      if (q_len == 1) {
+        // The token sits at ctx - 1 and sees keys j > ctx - 1 - window.
+        const int64_t begin = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
+        decode.push_back({s, h, begin, ctx, -1});
+        continue;
+      }
+      for (int64_t t0 = 0; t0 < q_len; t0 += plan.tile_tokens) {
+        plan.tasks.push_back({s, h, t0, std::min(q_len, t0 + plan.tile_tokens), -1});
+      }
+    }
+  }
+  // Prefill tiles later in a sequence see more keys: hand those out first.
+  std::stable_sort(plan.tasks.begin(), plan.tasks.end(), [&](const Task& x, const Task& y) {
+    const int64_t xs = b.seq_lens[x.seq] - (b.query_start[x.seq + 1] - b.query_start[x.seq]);
+    const int64_t ys = b.seq_lens[y.seq] - (b.query_start[y.seq + 1] - b.query_start[y.seq]);
+    return xs + x.last > ys + y.last;
+  });
+  const int64_t num_tasks = static_cast<int64_t>(plan.tasks.size() + decode.size());
+  const int64_t wanted = num_tasks < num_threads ? (2 * num_threads + num_tasks - 1) / num_tasks
+                                                 : int64_t{1};
+  for (const Task& t : decode) {
+    const int64_t len = t.last - t.first;
+    const int64_t parts =
+        std::min(wanted, std::max<int64_t>(1, (len + kMinPartition - 1) / kMinPartition));
+    if (parts == 1) {
+      plan.tasks.push_back(t);
+      continue;
+    }
+    plan.merges.push_back({t.seq, t.kv_head, plan.num_partitions, parts});
+    for (int64_t p = 0; p < parts; ++p) {
+      plan.tasks.push_back({t.seq, t.kv_head, t.first + len * p / parts,
+                            t.first + len * (p + 1) / parts, plan.num_partitions++});
+    }
+  }
+  return plan;
+}
+
+template <typename T>
+void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+         const at::Tensor& value_cache, const Batch& b, double scale, int64_t window) {
+  const int64_t num_threads = at::get_num_threads();
+  const Plan plan = make_plan(b, window, num_threads);
+  const int64_t hs = b.head_size;
+  const int64_t g = b.group;
+  const int64_t token_stride = b.num_heads * hs;
+  // Partial states of split decode tasks: [partition, group, head_size] plus max/sum.
+  std::vector<float> partial_acc(plan.num_partitions * g * hs);
+  std::vector<float> partial_max(plan.num_partitions * g);
+  std::vector<float> partial_sum(plan.num_partitions * g);
+  const T* q_base = query.data_ptr<T>();
+  T* out_base = out.data_ptr<T>();
+  const auto view_of = [&](const Task& t) {
+    return cpu::PagedView<T>{key_cache.data_ptr<T>(),
+                             value_cache.data_ptr<T>(),
+                             b.block_tables + t.seq * b.max_blocks,
+                             b.block_size,
+                             b.num_kv_heads * hs,
+                             t.kv_head * hs,
+                             hs};
+  };
+  const int64_t tile_rows = plan.tile_tokens * g;
+  const int64_t scratch_floats =
+      std::max(cpu::PrefillScratch::floats_needed(tile_rows, hs),
+               g * hs * 2 + g * cpu::kDecodeChunk + g * 2);
+  const int64_t num_tasks = static_cast<int64_t>(plan.tasks.size());
+  std::atomic<int64_t> next{0};
+
+  at::parallel_for(0, num_threads, 1, [&](int64_t, int64_t) {
+    std::vector<float> scratch(scratch_floats);
+    for (int64_t i = next++; i < num_tasks; i = next++) {
+      const Task& t = plan.tasks[i];
+      const auto view = view_of(t);
+      const int64_t q_len = b.query_start[t.seq + 1] - b.query_start[t.seq];
+      const int64_t head0 = b.query_start[t.seq] * token_stride + t.kv_head * g * hs;
+      if (q_len > 1) {
+        auto s = cpu::PrefillScratch::carve(scratch.data(), tile_rows, hs);
+        const int64_t num_tokens = t.last - t.first;
+        for (int64_t k = 0; k < num_tokens; ++k) {
+          cpu::convert_row(s.q + k * g * hs, q_base + head0 + (t.first + k) * token_stride,
+                           g * hs, static_cast<float>(scale));
+        }
+        cpu::prefill_attend(view, g, num_tokens, b.seq_lens[t.seq] - q_len + t.first, window,
+                            s);
+        for (int64_t r = 0; r < num_tokens * g; ++r) {
+          T* dst = out_base + head0 + (t.first + r / g) * token_stride + (r % g) * hs;
+          cpu::store_row(dst, s.state.acc + r * hs, hs, 1.0f / s.state.sum[r]);
+        }
+        continue;
+      }
+      float* qf = scratch.data();
+      float* scores = qf + g * hs;
+      cpu::convert_row(qf, q_base + head0, g * hs, static_cast<float>(scale));
+      if (t.partition < 0) {
+        cpu::PartialState st{scores + g * cpu::kDecodeChunk, scores + g * cpu::kDecodeChunk + g,
+                             scores + g * cpu::kDecodeChunk + 2 * g};
+        cpu::decode_attend(view, qf, g, t.first, t.last, scores, st);
+        for (int64_t r = 0; r < g; ++r) {
+          cpu::store_row(out_base + head0 + r * hs, st.acc + r * hs, hs, 1.0f / st.sum[r]);
+        }
+      } else {
+        cpu::PartialState st{partial_max.data() + t.partition * g,
+                             partial_sum.data() + t.partition * g,
+                             partial_acc.data() + t.partition * g * hs};
+        cpu::decode_attend(view, qf, g, t.first, t.last, scores, st);
+      }
+    }
+  });
+
+  // Merge split decode tasks: rescale each partition to the common max.
+  at::parallel_for(0, static_cast<int64_t>(plan.merges.size()), 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> row(hs);
+    for (int64_t m = lo; m < hi; ++m) {
+      const Merge& mg = plan.merges[m];
+      const int64_t head0 = b.query_start[mg.seq] * token_stride + mg.kv_head * g * hs;
+      for (int64_t r = 0; r < g; ++r) {
+        float top = cpu::kNegInf;
+        for (int64_t p = mg.first_partition; p < mg.first_partition + mg.num_partitions; ++p) {
+          top = std::max(top, partial_max[p * g + r]);
+        }
+        float total = 0.0f;
+        std::fill(row.begin(), row.end(), 0.0f);
+        for (int64_t p = mg.first_partition; p < mg.first_partition + mg.num_partitions; ++p) {
+          const float w = std::exp(partial_max[p * g + r] - top);
+          total += w * partial_sum[p * g + r];
+          cpu::axpy_row(row.data(), w, partial_acc.data() + (p * g + r) * hs, hs);
+        }
+        cpu::store_row(out_base + head0 + r * hs, row.data(), hs, 1.0f / total);
+      }
+    }
+  });
+}
+
+void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                     const at::Tensor& value_cache, const at::Tensor& query_start_loc,
+                     const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale,
+                     int64_t sliding_window) {
+  const Batch b = check_inputs(out, query, key_cache, value_cache, query_start_loc, seq_lens,
+                               block_tables);
+  switch (query.scalar_type()) {
+    case at::kFloat:
+      run<float>(out, query, key_cache, value_cache, b, scale, sliding_window);
+      break;
+    case at::kBFloat16:
+      run<at::BFloat16>(out, query, key_cache, value_cache, b, scale, sliding_window);
+      break;
+    case at::kHalf:
+      run<at::Half>(out, query, key_cache, value_cache, b, scale, sliding_window);
+      break;
+    default:
+      TORCH_CHECK(false, "paged_attention: unsupported dtype ", query.scalar_type());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(corral, CPU, m) {
+  m.impl("paged_attention", &paged_attention);
+}
+
+}  // namespace corral

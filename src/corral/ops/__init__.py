@@ -1,0 +1,153 @@
+"""Typed wrappers over corral's native ops (``torch.ops.corral.*``).
+
+The ops are written in C++ (``native/cpu``) and CUDA (``native/cuda``) and
+registered with ``TORCH_LIBRARY(corral, ...)``; torch's dispatcher picks the kernel
+by the tensors' device.
+
+Building: the extension is compiled just in time by :mod:`corral.ops.build`
+(``torch.utils.cpp_extension.load``) into a persistent cache folder
+(``$CORRAL_CACHE_DIR``, default ``~/.cache/corral``), the first time an op is called
+or when ``python -m corral.ops.build`` runs (``scripts/bootstrap`` does). A compile
+is announced with a WARNING log record before it starts; a cached build loads in
+about a second. CPU sources are built with ``-O3 -fopenmp -march=native`` and the
+``at::vec`` capability torch itself uses on this CPU (AVX512 or AVX2). Where torch
+has CUDA and a GPU is present the CUDA sources are compiled in too. The native
+sources live in the repository, so corral must be an editable install
+(``pip install -e .``).
+
+KV cache layout, per layer: ``key_cache`` and ``value_cache`` are each
+``[num_blocks, block_size, num_kv_heads, head_size]``; slot ``s`` is offset
+``s % block_size`` of block ``s // block_size``. Every op checks its inputs and
+raises ``RuntimeError`` naming the bad argument; a bad block id or slot never reads
+or writes out of bounds. :mod:`corral.ops.reference` holds plain-torch versions for
+tests; it is never used as a fallback.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+
+__all__ = [
+    "copy_blocks",
+    "load_library",
+    "paged_attention",
+    "reshape_and_cache",
+    "swap_blocks",
+]
+
+
+def load_library() -> pathlib.Path:
+    """Build the extension if needed (announced in the log) and load it, once.
+
+    The wrappers below call this themselves; call it early to move a first-time
+    compile out of a latency-sensitive path.
+
+    Returns:
+        The path of the loaded shared library.
+    """
+    # Imported here so that ``python -m corral.ops.build`` runs the module once.
+    from corral.ops import build
+
+    return build.load_library()
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write this step's keys and values into their cache slots, in place.
+
+    Args:
+        key: ``[num_tokens, num_kv_heads, head_size]``, last dimension contiguous.
+        value: same shape and dtype as ``key``.
+        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``, same dtype.
+        value_cache: same shape as ``key_cache``.
+        slot_mapping: int64 ``[num_tokens]``; token ``i`` goes to slot
+            ``slot_mapping[i]``. A negative slot skips the token (padding).
+    """
+    load_library()
+    torch.ops.corral.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+
+
+def paged_attention(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    sliding_window: int = -1,
+) -> None:
+    """Causal attention of a varlen batch over the paged KV cache, into ``out``.
+
+    Sequence ``s`` owns query tokens ``query_start_loc[s] : query_start_loc[s + 1]``
+    (``q_len`` of them: 1 for a decode step, more for a prefill chunk) and has
+    ``seq_lens[s]`` tokens in the cache, this step's included (write them with
+    :func:`reshape_and_cache` first). Its query token ``i`` sits at position
+    ``seq_lens[s] - q_len + i`` and attends to the key positions ``j <= position``
+    (and ``j > position - sliding_window`` when ``sliding_window > 0``), found
+    through ``block_tables[s]``. Query head ``h`` reads kv head
+    ``h // (num_heads // num_kv_heads)`` (GQA / MQA). Math runs in float32.
+
+    Args:
+        out: ``[num_tokens, num_heads, head_size]``, written in place.
+        query: same shape as ``out``; float32, bfloat16 or float16 (the caches' dtype).
+        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``.
+        value_cache: same shape as ``key_cache``.
+        query_start_loc: int32 ``[num_seqs + 1]``, starting at 0, non-decreasing.
+        seq_lens: int32 ``[num_seqs]``, each at most ``max_blocks * block_size``.
+        block_tables: int32 ``[num_seqs, max_blocks]``; entries past a sequence's
+            last block are ignored.
+        scale: multiplies ``query . key`` before the softmax (usually head_size**-0.5).
+        sliding_window: attend to at most this many most recent positions; ``<= 0``
+            means no window.
+    """
+    load_library()
+    torch.ops.corral.paged_attention(
+        out,
+        query,
+        key_cache,
+        value_cache,
+        query_start_loc,
+        seq_lens,
+        block_tables,
+        scale,
+        sliding_window,
+    )
+
+
+def copy_blocks(
+    key_caches: list[torch.Tensor],
+    value_caches: list[torch.Tensor],
+    block_mapping: torch.Tensor,
+) -> None:
+    """Copy whole blocks inside every layer's caches (copy-on-write of a fork).
+
+    Args:
+        key_caches: one key cache per layer.
+        value_caches: one value cache per layer.
+        block_mapping: int64 ``[n, 2]`` of (source block, destination block). A block
+            may not be written twice, nor be both a source and a destination.
+    """
+    load_library()
+    torch.ops.corral.copy_blocks(key_caches, value_caches, block_mapping)
+
+
+def swap_blocks(src: torch.Tensor, dst: torch.Tensor, block_mapping: torch.Tensor) -> None:
+    """Copy whole blocks from one cache tensor to another (device <-> host, or on host).
+
+    Args:
+        src: a cache ``[num_src_blocks, block_size, num_kv_heads, head_size]``.
+        dst: a cache with the same block shape and dtype, written in place.
+        block_mapping: int64 CPU ``[n, 2]`` of (block in ``src``, block in ``dst``);
+            no destination block twice.
+    """
+    load_library()
+    torch.ops.corral.swap_blocks(src, dst, block_mapping)
