@@ -64,7 +64,7 @@ class LLM:
         encoded = [
             encode_prompt(
                 self.tokenizer,
-                None if id_lists is not None else texts[i] if texts is not None else None,
+                texts[i] if texts is not None and id_lists is None else None,
                 id_lists[i] if id_lists is not None else None,
                 vocab_size=self.model_config.vocab_size,
                 max_model_len=self.model_config.max_model_len,
@@ -102,11 +102,11 @@ def _normalize_prompts(
     texts = [prompts] if isinstance(prompts, str) else None if prompts is None else list(prompts)
     id_lists: list[list[int]] | None = None
     if prompt_token_ids is not None:
-        items = list(prompt_token_ids)
+        items: list[Any] = list(prompt_token_ids)
         if items and all(isinstance(t, int) for t in items):
-            id_lists = [list(items)]  # type: ignore[arg-type]
+            id_lists = [items]
         else:
-            id_lists = [list(ids) for ids in items]  # type: ignore[arg-type]
+            id_lists = [list(ids) for ids in items]
     if texts is not None and id_lists is not None and len(texts) != len(id_lists):
         raise ValueError(
             f"prompt_token_ids: {len(id_lists)} lists for {len(texts)} prompts; lengths must match"

@@ -1,0 +1,66 @@
+"""Greedy tokens, logprobs and prompt logprobs equal transformers' in float32."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from parity import compare_tokens
+from zoo import MODEL_SPECS, ModelZoo
+
+from corral.sampling_params import SamplingParams
+
+PROMPT_LENGTHS = (1, 23, 150, 300)
+NEW_TOKENS = 64
+LOGPROB_TOLERANCE = 1e-4
+
+
+def random_prompts(vocab_size: int, lengths: tuple[int, ...], seed: int) -> list[list[int]]:
+    """Prompts of the given lengths, drawn from the non-special tokens."""
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab_size) for _ in range(n)] for n in lengths]
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+def test_greedy_tokens_and_logprobs_match_transformers(zoo: ModelZoo, name: str) -> None:
+    llm = zoo.llm(name)
+    hf = zoo.hf_model(name)
+    prompts = random_prompts(llm.model_config.vocab_size, PROMPT_LENGTHS, seed=len(name))
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=1, prompt_logprobs=2)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
+    compared = 0
+    for prompt, output in zip(prompts, outputs, strict=True):
+        context = f"{name}, prompt of {len(prompt)} tokens"
+        with torch.inference_mode():
+            ref = hf.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.int64),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            prompt_ref = hf(torch.tensor([prompt])).logits[0].log_softmax(-1)
+        ref_tokens = ref.sequences[0, len(prompt) :].tolist()
+        ref_logits = [step[0] for step in ref.logits]
+        completion = output.outputs[0]
+        agree = compare_tokens(ref_tokens, completion.token_ids, ref_logits, context=context)
+        compared += agree
+        assert completion.logprobs is not None
+        for step in range(agree):
+            token = completion.token_ids[step]
+            expected = float(ref_logits[step].log_softmax(-1)[token])
+            assert abs(completion.logprobs[step][token] - expected) <= LOGPROB_TOLERANCE, context
+        assert output.prompt_logprobs is not None
+        assert len(output.prompt_logprobs) == len(prompt)
+        assert output.prompt_logprobs[0] is None
+        for t in range(1, len(prompt)):
+            entry = output.prompt_logprobs[t]
+            assert entry is not None
+            expected_top = prompt_ref[t - 1].topk(2).indices.tolist()
+            assert set(expected_top) <= set(entry), f"{context}: prompt token {t} top-2"
+            for token, logprob in entry.items():
+                assert abs(logprob - float(prompt_ref[t - 1, token])) <= LOGPROB_TOLERANCE
+    # Near-ties may cut comparisons short, but most of the tokens must have been checked.
+    assert compared >= len(prompts) * NEW_TOKENS // 2
