@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from corral._engine.compat import AsyncLLMEngine
 from corral._engine.loop import EngineLoop
 from corral._engine.reporting import RequestLogger, StatsLogger
 from corral._engine.stream import RequestState, RequestStream
@@ -29,6 +30,7 @@ from corral.tokenization import encode_prompt, validate_prompt
 
 __all__ = [
     "AsyncEngine",
+    "AsyncLLMEngine",
     "EngineClosedError",
     "RequestStream",
     "open_engine",

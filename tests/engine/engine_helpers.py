@@ -1,0 +1,66 @@
+"""Helpers shared by the async engine tests: fake engines and solo reference runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from corral.core.engine_core import EngineCore
+from corral.engine import AsyncEngine
+from corral.outputs import RequestOutput
+from corral.sampling_params import SamplingParams
+from corral.testing import FakeModelRunner, make_fake_core
+
+# Guards every wait in these tests: a hang fails fast instead of stalling CI.
+TIMEOUT = 20.0
+
+
+def fake_core(
+    *, step_delay: float = 0.0, fail_at_step: int | None = None, **config: Any
+) -> EngineCore:
+    """A fake-model core with the `make_fake_core` geometry (block_size 4, 64 blocks)."""
+    runner = FakeModelRunner(
+        block_size=config.get("block_size", 4),
+        num_kv_blocks=config.get("num_kv_blocks", 64),
+        num_host_blocks=config.get("num_host_blocks", 32),
+        step_delay=step_delay,
+        fail_at_step=fail_at_step,
+    )
+    return make_fake_core(runner, **config)
+
+
+def run_alone(
+    prompt_token_ids: Sequence[int], params: SamplingParams, **config: Any
+) -> RequestOutput:
+    """The final output of one request run by itself on a fresh synchronous core."""
+    core = fake_core(**config)
+    core.add_request("alone", list(prompt_token_ids), params)
+    final = None
+    while core.has_unfinished_requests():
+        for output in core.step():
+            if output.finished:
+                final = output
+    assert final is not None
+    return final
+
+
+def completions(output: RequestOutput) -> list[tuple[int, list[int], str, str | None]]:
+    """What a comparison of two outputs looks at."""
+    return [(c.index, c.token_ids, c.text, c.finish_reason) for c in output.outputs]
+
+
+async def wait_idle(engine: AsyncEngine) -> None:
+    """Wait (bounded by the caller's fail_after) until every KV block is free again."""
+    while True:
+        stats = engine.stats()
+        if stats.num_free_blocks == stats.num_total_blocks and stats.num_running == 0:
+            if stats.num_waiting == 0:
+                return
+        await anyio.sleep(0.005)
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    """Greedy sampling of exactly `max_tokens` tokens."""
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)

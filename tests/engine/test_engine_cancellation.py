@@ -1,0 +1,158 @@
+"""Every way a consumer can stop early aborts its request and frees its blocks."""
+
+from __future__ import annotations
+
+import gc
+
+import anyio
+import pytest
+from engine_helpers import TIMEOUT, fake_core, greedy, wait_idle
+
+from corral.engine import AsyncEngine, open_engine_from_core
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = list(range(1, 30))  # 8 blocks of 4 tokens once generation starts
+
+
+async def _until_running(engine: AsyncEngine) -> None:
+    while engine.stats().num_running == 0:
+        await anyio.sleep(0.001)
+
+
+async def test_move_on_after_aborts_the_request() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
+            outs = []
+            with anyio.move_on_after(0.05) as scope:
+                async with engine.generate(None, greedy(90), prompt_token_ids=PROMPT) as stream:
+                    async for out in stream:
+                        outs.append(out)
+            assert scope.cancelled_caught
+            assert outs and not outs[-1].finished
+            await wait_idle(engine)
+            assert not engine._core.has_unfinished_requests()
+
+
+async def test_cancelling_a_task_group_aborts_all_its_requests() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
+            counts = [0] * 4
+
+            async def consume(i: int) -> None:
+                async for _ in engine.generate(None, greedy(90), f"r{i}", prompt_token_ids=[i + 1]):
+                    counts[i] += 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(consume, i)
+                while min(counts) < 2:
+                    await anyio.sleep(0.001)
+                tg.cancel_scope.cancel()
+            assert all(c < 90 for c in counts)
+            await wait_idle(engine)
+            assert not engine._core.has_unfinished_requests()
+
+
+async def test_leaving_async_with_early_aborts() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            async with engine.generate(None, greedy(90), "early", prompt_token_ids=PROMPT) as s:
+                await s.__anext__()
+                await _until_running(engine)
+            assert s.finished
+            await wait_idle(engine)
+            # The id is free again once the stream is closed.
+            async with engine.generate(None, greedy(1), "early", prompt_token_ids=PROMPT) as s2:
+                assert [o.finished async for o in s2] == [True]
+
+
+async def test_break_out_of_bare_async_for_aborts() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            async for out in engine.generate(None, greedy(90), prompt_token_ids=PROMPT):
+                if len(out.outputs[0].token_ids) == 2:
+                    break
+            await wait_idle(engine)
+            assert not engine._core.has_unfinished_requests()
+
+
+async def test_aclose_aborts() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            stream = engine.generate(None, greedy(90), prompt_token_ids=PROMPT)
+            await stream.__anext__()
+            await stream.aclose()
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+            await wait_idle(engine)
+
+
+async def test_garbage_collected_stream_aborts_without_warning() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            stream = engine.generate(None, greedy(90), prompt_token_ids=PROMPT)
+            await stream.__anext__()
+            del stream
+            gc.collect()
+            await wait_idle(engine)
+            assert not engine._core.has_unfinished_requests()
+
+
+async def test_unread_streams_do_not_grow() -> None:
+    """A stream nobody reads holds one pending wake-up and the latest snapshot only."""
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            stream = engine.generate(None, greedy(40), prompt_token_ids=[1, 2, 3])
+            async with stream:
+                while engine.stats().num_generation_tokens < 40:
+                    assert stream._state.receive.statistics().current_buffer_used <= 1
+                    await anyio.sleep(0.001)
+                out = await stream.__anext__()
+                assert out.finished and len(out.outputs[0].token_ids) == 40
+                with pytest.raises(StopAsyncIteration):
+                    await stream.__anext__()
+
+
+async def test_slow_consumer_sees_coalesced_snapshots_and_does_not_stall_others() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(step_delay=0.001), log_stats=False) as engine:
+            slow_lengths: list[int] = []
+            fast_lengths: list[int] = []
+
+            async def slow() -> None:
+                async for out in engine.generate(None, greedy(30), prompt_token_ids=[1, 2]):
+                    slow_lengths.append(len(out.outputs[0].token_ids))
+                    await anyio.sleep(0.02)
+
+            async def fast() -> None:
+                async for out in engine.generate(None, greedy(30), prompt_token_ids=[3, 4]):
+                    fast_lengths.append(len(out.outputs[0].token_ids))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                tg.start_soon(fast)
+            assert fast_lengths == list(range(1, 31))  # a fast consumer sees every step
+            assert slow_lengths[-1] == 30
+            assert len(slow_lengths) < 30  # the slow one skipped snapshots
+            assert slow_lengths == sorted(set(slow_lengths))
+
+
+async def test_exit_aborts_live_requests_and_frees_the_cache() -> None:
+    core = fake_core(step_delay=0.002)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as outer:
+            async with open_engine_from_core(core, log_stats=False) as engine:
+                stream = engine.generate(None, greedy(90), prompt_token_ids=PROMPT)
+                await stream.__anext__()
+
+                async def read_elsewhere() -> None:
+                    async with stream:
+                        outs = [out async for out in stream]
+                    assert outs[-1].finished
+                    assert outs[-1].outputs[0].finish_reason == "abort"
+
+                outer.start_soon(read_elsewhere)
+    stats = core.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks
+    assert not core.has_unfinished_requests()

@@ -1,0 +1,74 @@
+"""A step that raises kills the engine: streams fail, later calls fail, exit re-raises."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from engine_helpers import TIMEOUT, fake_core, greedy
+
+from corral.engine import open_engine_from_core
+from corral.errors import EngineDeadError
+from corral.testing import FakeModelError
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_live_stream_raises_engine_dead_error_with_the_cause() -> None:
+    errors: list[BaseException] = []
+    with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError, match="step 4") as caught:
+        async with open_engine_from_core(fake_core(fail_at_step=4), log_stats=False) as engine:
+
+            async def consume(i: int) -> None:
+                try:
+                    async for _ in engine.generate(None, greedy(50), prompt_token_ids=[i + 1]):
+                        pass
+                except EngineDeadError as exc:
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(3):
+                    tg.start_soon(consume, i)
+            assert not engine.is_running
+            with pytest.raises(EngineDeadError) as later:
+                engine.generate(None, greedy(1), prompt_token_ids=[1])
+    assert len(errors) == 3
+    assert all(e.__cause__ is caught.value for e in errors)
+    assert later.value.__cause__ is caught.value
+
+
+async def test_exit_re_raises_the_original_error_not_a_group() -> None:
+    with anyio.fail_after(TIMEOUT):
+        with pytest.raises(FakeModelError) as caught:
+            async with open_engine_from_core(fake_core(fail_at_step=2), log_stats=False) as engine:
+                async for _ in engine.generate(None, greedy(10), prompt_token_ids=[1, 2]):
+                    pass
+    assert type(caught.value) is FakeModelError
+
+
+async def test_exit_re_raises_even_when_the_block_swallowed_the_dead_error() -> None:
+    with anyio.fail_after(TIMEOUT):
+        with pytest.raises(FakeModelError):
+            async with open_engine_from_core(fake_core(fail_at_step=1), log_stats=False) as engine:
+                with pytest.raises(EngineDeadError):
+                    async with engine.generate(None, greedy(5), prompt_token_ids=[1]) as s:
+                        async for _ in s:
+                            pass
+
+
+async def test_a_stream_opened_after_the_fault_fails_at_once() -> None:
+    with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError):
+        async with open_engine_from_core(fake_core(fail_at_step=1), log_stats=False) as engine:
+            stream = engine.generate(None, greedy(5), prompt_token_ids=[1])
+            with pytest.raises(EngineDeadError):
+                await stream.__anext__()
+            with pytest.raises(EngineDeadError, match="FakeModelError"):
+                engine.generate(None, greedy(5), prompt_token_ids=[1])
+            await engine.abort(stream.request_id)
+
+
+async def test_errors_of_the_block_itself_are_not_wrapped() -> None:
+    with anyio.fail_after(TIMEOUT), pytest.raises(KeyError):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            stream = engine.generate(None, greedy(50), prompt_token_ids=[1])
+            await stream.__anext__()
+            raise KeyError("from the block")
