@@ -1,0 +1,1 @@
+"""How users reach corral from outside Python: the OpenAI-compatible server and the CLI."""

@@ -1,0 +1,158 @@
+"""Prometheus metrics of the server, named as vLLM names them under a ``corral:`` prefix.
+
+Two sources feed them. The engine's `EngineStats` (queues, KV cache, cumulative
+token and cache counters) is read at scrape time by a custom collector, so the
+numbers are never stale and nothing runs between scrapes. Per-request histograms
+(time to first token, time per output token, end-to-end latency) and the count of
+finished requests by reason are recorded by the handlers when a request ends;
+a request whose client went away counts under ``finished_reason="abort"``.
+
+Each `ServerMetrics` owns its registry, so that several apps in one process (tests)
+do not collide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from corral.core.stats import EngineStats
+from corral.outputs import RequestOutput
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+class EngineStatsCollector(Collector):
+    """Turns one `EngineStats` snapshot per scrape into gauges and counters."""
+
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+        self._stats = stats
+        self._labels = [model_name]
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        gauges = (
+            ("num_requests_running", "Sequences running on the model.", stats.num_running),
+            ("num_requests_waiting", "Sequences waiting to be scheduled.", stats.num_waiting),
+            ("num_requests_swapped", "Sequences swapped out to host memory.", stats.num_swapped),
+            ("kv_cache_usage_perc", "KV cache usage, 1 = all blocks used.", stats.kv_cache_usage),
+        )
+        for name, doc, value in gauges:
+            gauge = GaugeMetricFamily(f"corral:{name}", doc, labels=["model_name"])
+            gauge.add_metric(self._labels, float(value))
+            yield gauge
+        counters = (
+            ("num_preemptions", "Sequences preempted.", stats.num_preemptions),
+            (
+                "prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache.",
+                stats.prefix_cache_queries,
+            ),
+            (
+                "prefix_cache_hits",
+                "Prompt tokens found in the prefix cache.",
+                stats.prefix_cache_hits,
+            ),
+            ("prompt_tokens", "Prompt tokens computed.", stats.num_prompt_tokens),
+            ("generation_tokens", "Tokens generated.", stats.num_generation_tokens),
+        )
+        for name, doc, value in counters:
+            counter = CounterMetricFamily(f"corral:{name}", doc, labels=["model_name"])
+            counter.add_metric(self._labels, float(value))
+            yield counter
+
+
+class ServerMetrics:
+    """The server's registry: engine gauges plus per-request histograms.
+
+    Args:
+        stats: Returns the engine's current `EngineStats` (called at each scrape).
+        model_name: The served model name, the ``model_name`` label of every metric.
+    """
+
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(EngineStatsCollector(stats, model_name))
+        self._model_name = model_name
+        labels = ["model_name"]
+        self.request_success = Counter(
+            "corral:request_success",
+            "Finished requests, by finish reason of their first choice ('abort' for requests "
+            "whose client left or that the server gave up on).",
+            [*labels, "finished_reason"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "corral:time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tpot = Histogram(
+            "corral:time_per_output_token_seconds",
+            "Mean time between generated tokens of a request, after the first.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "corral:e2e_request_latency_seconds",
+            "Time from arrival to the last token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Histogram(
+            "corral:request_prompt_tokens",
+            "Prompt tokens per request.",
+            labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.generation_tokens = Histogram(
+            "corral:request_generation_tokens",
+            "Generated tokens per request (all its returned choices).",
+            labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_finished(self, output: RequestOutput) -> None:
+        """Record a request's final output."""
+        name = self._model_name
+        reason = output.outputs[0].finish_reason if output.outputs else None
+        self.request_success.labels(name, reason or "abort").inc()
+        self.prompt_tokens.labels(name).observe(len(output.prompt_token_ids))
+        num_generated = sum(len(c.token_ids) for c in output.outputs)
+        self.generation_tokens.labels(name).observe(num_generated)
+        timing = output.metrics
+        if timing is None:
+            return
+        if timing.first_token_time is not None:
+            self.ttft.labels(name).observe(timing.first_token_time - timing.arrival_time)
+        end = timing.finished_time or timing.last_token_time or time.time()
+        self.e2e.labels(name).observe(end - timing.arrival_time)
+        longest = max((len(c.token_ids) for c in output.outputs), default=0)
+        if (
+            timing.first_token_time is not None
+            and timing.last_token_time is not None
+            and longest > 1
+        ):
+            per_token = (timing.last_token_time - timing.first_token_time) / (longest - 1)
+            self.tpot.labels(name).observe(per_token)
+
+    def observe_aborted(self) -> None:
+        """Record a request that ended without a final output (its client left)."""
+        self.request_success.labels(self._model_name, "abort").inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

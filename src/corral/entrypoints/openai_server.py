@@ -1,0 +1,135 @@
+"""The OpenAI-compatible ASGI app over a running engine.
+
+`build_app` takes an engine that is already open and returns a plain ASGI app; it
+owns no task and starts nothing, so it can be served by hypercorn (see
+`corral.entrypoints.serve`) or driven in-process by a test client. The engine's
+lifetime belongs to whoever opened it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+import corral
+from corral.engine import AsyncEngine
+from corral.entrypoints.errors import install_error_handlers
+from corral.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
+from corral.entrypoints.middleware import APIKeyMiddleware, ASGIApp, BodyLimitMiddleware
+from corral.entrypoints.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from corral.entrypoints.responses import (
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeResponse,
+)
+from corral.entrypoints.serving import ServingContext
+from corral.entrypoints.serving_chat import create_chat_completion, render_chat
+from corral.entrypoints.serving_completion import create_completion
+
+DEFAULT_MAX_BODY_SIZE = 4 * 2**20
+"""Largest request body accepted (bytes); larger ones get 413."""
+
+
+async def make_context(
+    engine: AsyncEngine, *, model_path: str, served_model_names: list[str] | None = None
+) -> ServingContext:
+    """The handlers' view of an open engine.
+
+    Args:
+        engine: An open `corral.engine.AsyncEngine` (it must have a tokenizer and a
+            model config, as one from `open_engine` has).
+        model_path: The model the engine serves.
+        served_model_names: Names clients may use in ``model``; defaults to ``model_path``.
+
+    Raises:
+        ValueError: The engine has no tokenizer or no model config.
+    """
+    tokenizer = await engine.get_tokenizer()
+    model_config = await engine.get_model_config()
+    if tokenizer is None or model_config is None:
+        raise ValueError("engine: the server needs an engine with a tokenizer and a model config")
+    names = list(served_model_names or [model_path])
+    if not all(names):
+        raise ValueError(f"served_model_names must be non-empty strings, got {names!r}")
+    return ServingContext(
+        engine=engine,
+        tokenizer=tokenizer,
+        model_path=model_path,
+        served_model_names=names,
+        max_model_len=int(model_config.max_model_len),
+        vocab_size=int(model_config.vocab_size),
+        metrics=ServerMetrics(engine.stats, names[0]),
+    )
+
+
+def build_app(
+    ctx: ServingContext, *, api_key: str | None = None, max_body_size: int = DEFAULT_MAX_BODY_SIZE
+) -> ASGIApp:
+    """The ASGI app answering the OpenAI-compatible endpoints over ``ctx``'s engine.
+
+    Args:
+        ctx: From `make_context`.
+        api_key: When set, every ``/v1/`` request needs ``Authorization: Bearer <api_key>``.
+        max_body_size: Requests with a larger body (bytes) are answered 413.
+    """
+    app = FastAPI(title="corral", version=corral.__version__)
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if ctx.engine.is_running else 503)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": corral.__version__}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        cards = [
+            ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len)
+            for name in ctx.served_model_names
+        ]
+        return ModelList(data=cards)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await create_completion(ctx, body, request.receive)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await create_chat_completion(ctx, body, request.receive)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        ctx.model_name(body.model)
+        if body.messages is not None:
+            text = render_chat(ctx, body.messages, body.add_generation_prompt)
+            tokens = ctx.tokenizer(text, add_special_tokens=False).input_ids
+        else:
+            tokens = ctx.tokenizer(
+                body.prompt, add_special_tokens=body.add_special_tokens
+            ).input_ids
+        return TokenizeResponse(count=len(tokens), max_model_len=ctx.max_model_len, tokens=tokens)
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        ctx.model_name(body.model)
+        ctx.encode(body.tokens, field="tokens")
+        return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
+
+    asgi: Any = BodyLimitMiddleware(app, max_body_size)
+    if api_key is not None:
+        asgi = APIKeyMiddleware(asgi, api_key)
+    return asgi

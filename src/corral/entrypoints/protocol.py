@@ -1,0 +1,262 @@
+"""Request bodies of the OpenAI-compatible API, as pydantic models.
+
+Field names and defaults follow OpenAI's API plus vLLM's extra sampling parameters
+(``top_k``, ``min_p``, ``repetition_penalty``, ...), so that clients written for vLLM
+work unchanged. Unknown fields are rejected (400 naming the field) rather than
+silently ignored: a typo in a sampling parameter should not go unnoticed. Fields
+that OpenAI defines but corral does not implement yet are accepted only at their
+neutral value; anything else is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from corral.sampling_params import SamplingParams
+
+MAX_LOGPROBS = 20
+"""Most alternatives per token a request may ask for (vLLM's default ``max_logprobs``)."""
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
+
+
+class NotImplementedField(ValueError):
+    """A request field that OpenAI defines and corral does not implement yet."""
+
+    def __init__(self, field: str, what: str) -> None:
+        super().__init__(f"{field}: {what} is not supported yet")
+        self.field = field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
+    """``stream_options``: with ``include_usage`` a last chunk carries the usage."""
+
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Strict):
+    """Fields shared by completions and chat completions."""
+
+    model: str | None = None
+    n: int = 1
+    best_of: int | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: TokenIds | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _check_shared(self) -> _SamplingRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        if self.logit_bias:
+            raise NotImplementedField("logit_bias", "biasing logits")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError("seed: must fit in 64 bits")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def sampling_params(
+        self,
+        *,
+        max_tokens: int,
+        default_temperature: float,
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
+    ) -> SamplingParams:
+        """The engine's `SamplingParams` for this request.
+
+        Args:
+            max_tokens: The resolved output budget (the request's, or what the context
+                leaves when it gave none).
+            default_temperature: Temperature when the request gives none.
+            logprobs: Alternatives per generated token, None for no logprobs.
+            prompt_logprobs: Alternatives per prompt token (for ``echo``), None for none.
+
+        Raises:
+            ValueError: A value out of range; the message starts with the field's name.
+        """
+        temperature = default_temperature if self.temperature is None else self.temperature
+        # SamplingParams resolves an absent best_of to n; None is not a value it takes.
+        best_of: dict[str, Any] = {} if self.best_of is None else {"best_of": self.best_of}
+        return SamplingParams(
+            n=self.n,
+            **best_of,
+            presence_penalty=_or(self.presence_penalty, 0.0),
+            frequency_penalty=_or(self.frequency_penalty, 0.0),
+            repetition_penalty=_or(self.repetition_penalty, 1.0),
+            temperature=temperature,
+            top_p=_or(self.top_p, 1.0),
+            top_k=_or(self.top_k, -1),
+            min_p=_or(self.min_p, 0.0),
+            seed=self.seed,
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            ignore_eos=self.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=self.skip_special_tokens,
+            spaces_between_special_tokens=self.spaces_between_special_tokens,
+        )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+class CompletionRequest(_SamplingRequest):
+    """``POST /v1/completions``.
+
+    ``prompt`` is a string, a list of strings, a list of token ids or a list of
+    lists of token ids; each prompt becomes one engine request with ``n`` choices,
+    choice ``i`` of prompt ``p`` getting index ``p * n + i``.
+    """
+
+    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | list[TokenIds]
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _check_completion(self) -> CompletionRequest:
+        if self.suffix:
+            raise NotImplementedField("suffix", "inserting a suffix")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt: must not be empty")
+        if isinstance(self.prompt, list) and any(
+            isinstance(p, list) and not p for p in self.prompt
+        ):
+            raise ValueError("prompt: a token id list must not be empty")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts as separate items: strings or token id lists."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]
+
+
+class TextContent(_Strict):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    """One message of a conversation."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextContent] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _check_content(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"content: required for a {self.role} message")
+        return self
+
+    def text(self) -> str:
+        """The content as plain text (text parts joined)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    """``POST /v1/chat/completions``. The prompt is the tokenizer's chat template
+    applied to ``messages`` (with the generation prompt unless
+    ``add_generation_prompt`` is false)."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    add_generation_prompt: bool = True
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: only allowed when logprobs is true")
+        if self.tools:
+            raise NotImplementedField("tools", "tool calling")
+        if self.tool_choice not in (None, "none"):
+            raise NotImplementedField("tool_choice", "tool calling")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise NotImplementedField("response_format", "structured output")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """``max_completion_tokens`` (OpenAI's newer name) or else ``max_tokens``."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """Alternatives per token for the engine, None when logprobs are off."""
+        if not self.logprobs:
+            return None
+        return self.top_logprobs or 0
+
+
+class TokenizeRequest(_Strict):
+    """``POST /tokenize``: either ``prompt`` or chat ``messages``."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("prompt: give exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    """``POST /detokenize``."""
+
+    model: str | None = None
+    tokens: TokenIds

@@ -1,0 +1,131 @@
+"""``corral serve``: hypercorn serving the app, next to the engine, in one task tree.
+
+Structure. The engine is opened with `open_engine` and hypercorn's ``serve`` runs
+inside its block, in a task group that also watches for SIGINT/SIGTERM. We do not
+open the engine in FastAPI's lifespan: hypercorn runs the lifespan protocol in a
+task of its own and cancels it at shutdown, after the connections are gone, so
+the engine's task group would be owned by a task the app does not control, and a
+request cancelled at the graceful deadline would race the engine's exit. Here the
+order is explicit: the engine outlives every request, and no engine task outlives
+``serve``.
+
+Shutdown. The first signal stops accepting connections; in-flight requests may
+finish for up to ``shutdown_timeout`` seconds, after which hypercorn cancels
+their handlers, and a cancelled handler aborts its engine request. Then the
+engine block closes (aborting anything left) and the process exits 0. A second
+signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import anyio
+import attrs
+import sniffio
+from hypercorn.config import Config
+
+from corral.config import AsyncEngineArgs
+from corral.engine import open_engine
+from corral.entrypoints.openai_server import DEFAULT_MAX_BODY_SIZE, build_app, make_context
+
+logger = logging.getLogger(__name__)
+
+Loop = str
+LOOPS = ("asyncio", "trio")
+
+
+@attrs.frozen(kw_only=True)
+class ServerSettings:
+    """How ``corral serve`` listens; the engine's own arguments are `AsyncEngineArgs`.
+
+    Attributes:
+        host: Address to bind; 127.0.0.1 keeps the server local unless asked otherwise.
+        port: TCP port.
+        api_key: When set, ``/v1/`` requests need ``Authorization: Bearer <api_key>``.
+        loop: Event loop: "asyncio" or "trio".
+        served_model_names: Names clients may use as ``model``; the model path by default.
+        shutdown_timeout: Seconds in-flight requests may take to finish after a signal.
+        max_body_size: Largest request body in bytes (larger: 413).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    loop: Loop = "asyncio"
+    served_model_names: tuple[str, ...] = ()
+    shutdown_timeout: float = 30.0
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+
+    def __attrs_post_init__(self) -> None:
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not self.shutdown_timeout >= 0:
+            raise ValueError(f"shutdown_timeout must be non-negative, got {self.shutdown_timeout}")
+        if self.max_body_size < 1:
+            raise ValueError(f"max_body_size must be a positive integer, got {self.max_body_size}")
+        if self.api_key == "":
+            raise ValueError("api_key must not be empty (leave it out to disable the check)")
+
+
+def _hypercorn_config(settings: ServerSettings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_timeout
+    # Through logging, so that `--log-level` and its format apply to hypercorn too.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def _hypercorn_serve(app: object, config: Config, shutdown: anyio.Event) -> None:
+    if sniffio.current_async_library() == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        await trio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    else:
+        from hypercorn.asyncio import serve as asyncio_serve
+
+        await asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+
+
+async def _watch_signals(shutdown: anyio.Event, scope: anyio.CancelScope, timeout: float) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                logger.warning(
+                    "second %s: aborting in-flight requests now", signal.Signals(signum).name
+                )
+                scope.cancel()
+                return
+            logger.info(
+                "%s: shutting down (in-flight requests get up to %ss)",
+                signal.Signals(signum).name,
+                timeout,
+            )
+            shutdown.set()
+
+
+async def serve(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
+    """Open the engine and serve the API until SIGINT or SIGTERM (see the module docstring)."""
+    async with open_engine(engine_args) as engine:
+        ctx = await make_context(
+            engine,
+            model_path=engine_args.model,
+            served_model_names=list(settings.served_model_names) or None,
+        )
+        app = build_app(ctx, api_key=settings.api_key, max_body_size=settings.max_body_size)
+        shutdown = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, shutdown, tg.cancel_scope, settings.shutdown_timeout)
+            await _hypercorn_serve(app, _hypercorn_config(settings), shutdown)
+            tg.cancel_scope.cancel()
+    logger.info("server stopped")
+
+
+def run_server(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
+    """Run `serve` on the event loop ``settings.loop`` names (blocks until shutdown)."""
+    anyio.run(serve, settings, engine_args, backend=settings.loop)

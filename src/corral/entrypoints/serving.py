@@ -1,0 +1,204 @@
+"""What the completion and chat handlers share: the engine they talk to, prompt
+checks, running one engine request, and logprob formatting.
+
+A request's life in the server: its prompt is tokenized here (so that the context
+length check can answer 400 before the engine sees it), the engine runs it, and
+every snapshot goes to the handler. Leaving `run_request` early, by cancellation
+or an error, leaves the engine stream's ``async with`` and so aborts the engine
+request synchronously; its KV blocks are free after the engine's next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import attrs
+
+from corral.engine import AsyncEngine
+from corral.entrypoints.errors import APIError, bad_request
+from corral.entrypoints.metrics import ServerMetrics
+from corral.entrypoints.sse import wait_disconnect
+from corral.errors import EngineDeadError
+from corral.outputs import Logprobs, RequestOutput
+from corral.sampling_params import SamplingParams
+
+T = TypeVar("T")
+
+
+@attrs.define
+class ServingContext:
+    """Everything a handler needs, built once when the server starts.
+
+    Attributes:
+        engine: The running engine.
+        tokenizer: The model's Hugging Face tokenizer.
+        model_path: The model the engine loaded (``root`` in ``/v1/models``).
+        served_model_names: Names a request's ``model`` may use; the first is the
+            name responses carry when a request gives none.
+        max_model_len: Longest prompt plus output.
+        vocab_size: Token ids must lie below it.
+        metrics: The server's metrics.
+    """
+
+    engine: AsyncEngine
+    tokenizer: Any
+    model_path: str
+    served_model_names: list[str]
+    max_model_len: int
+    vocab_size: int
+    metrics: ServerMetrics
+    _token_text: dict[int, str] = attrs.field(factory=dict)
+
+    def model_name(self, requested: str | None) -> str:
+        """The served name a request addresses (404 for an unknown one)."""
+        if requested is None:
+            return self.served_model_names[0]
+        if requested not in self.served_model_names:
+            raise APIError(404, f"model {requested!r} does not exist", "model")
+        return requested
+
+    def check_alive(self) -> None:
+        """Raise `EngineDeadError` (answered 503) once the engine has died or closed."""
+        if not self.engine.is_running:
+            raise EngineDeadError("the engine is not running")
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token, as logprobs show it."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id])
+            self._token_text[token_id] = text
+        return text
+
+    def encode(
+        self, prompt: str | list[int], *, add_special_tokens: bool = True, field: str = "prompt"
+    ) -> list[int]:
+        """Token ids of a text or id prompt, checked against the vocabulary (400 naming ``field``)."""
+        if isinstance(prompt, str):
+            ids = list(self.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
+        else:
+            ids = prompt
+        if not ids:
+            raise APIError(400, f"{field}: empty (at least one token is needed)", field)
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise APIError(
+                400,
+                f"{field}: token id {bad} is outside the vocabulary [0, {self.vocab_size})",
+                field,
+            )
+        return ids
+
+    def max_tokens(self, requested: int | None, num_prompt_tokens: int) -> int:
+        """The output budget; what the context leaves when the request gave none.
+
+        Raises:
+            APIError: 400 when prompt plus ``max_tokens`` exceed ``max_model_len``.
+        """
+        room = self.max_model_len - num_prompt_tokens
+        if room < 1 or (requested is not None and requested > room):
+            wanted = num_prompt_tokens + (requested or 1)
+            raise APIError(
+                400,
+                f"max_tokens: this model's maximum context length is {self.max_model_len} "
+                f"tokens, but {wanted} were requested ({num_prompt_tokens} in the prompt, "
+                f"{requested or 1} for the completion); shorten the prompt or lower max_tokens",
+                "max_tokens" if room >= 1 else "prompt",
+            )
+        return room if requested is None else requested
+
+    async def run_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        on_output: Callable[[RequestOutput], Awaitable[None]] | None = None,
+    ) -> RequestOutput:
+        """Run one engine request to its end and return its final output.
+
+        ``on_output`` sees every snapshot (the last one included). The request counts
+        as aborted in the metrics unless its final snapshot arrived.
+
+        Raises:
+            APIError: 400 when the engine refused the request.
+            EngineDeadError: the engine died (the server answers 503 from then on).
+        """
+        self.check_alive()
+        final: RequestOutput | None = None
+        try:
+            stream = self.engine.generate(
+                None, params, request_id, prompt_token_ids=prompt_token_ids
+            )
+            async with stream:
+                async for output in stream:
+                    if on_output is not None:
+                        await on_output(output)
+                    if output.finished:
+                        final = output
+        except ValueError as exc:
+            raise bad_request(exc) from exc
+        finally:
+            if final is None:
+                self.metrics.observe_aborted()
+        if final is None:
+            raise RuntimeError(
+                f"request {request_id}: the engine stream ended without a final output"
+            )
+        self.metrics.observe_finished(final)
+        if final.error is not None:
+            raise APIError(400, final.error, "prompt")
+        return final
+
+
+def choose_logprobs(entry: Logprobs, count: int) -> list[tuple[int, float]]:
+    """The ``count`` most likely (token id, logprob) pairs of one position."""
+    return sorted(entry.items(), key=lambda item: item[1], reverse=True)[:count]
+
+
+def cumulative_text(parts: Sequence[str]) -> list[int]:
+    """Character offsets at which each part starts in their concatenation."""
+    offsets = []
+    position = 0
+    for part in parts:
+        offsets.append(position)
+        position += len(part)
+    return offsets
+
+
+async def run_all(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``jobs`` concurrently; the first failure cancels the others and is re-raised
+    as it is (not wrapped in an ExceptionGroup), so that the error handlers see it."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def guard(job: Callable[[], Awaitable[None]]) -> None:
+            nonlocal failure
+            try:
+                await job()
+            except Exception as exc:
+                if failure is None:
+                    failure = exc
+                tg.cancel_scope.cancel()
+
+        for job in jobs:
+            tg.start_soon(guard, job)
+    if failure is not None:
+        raise failure
+
+
+async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``work`` and return its result, or None if the client disconnects first
+    (``work`` is then cancelled, which aborts its engine requests)."""
+    result: T | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await wait_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        result = await work()
+        tg.cancel_scope.cancel()
+    return result

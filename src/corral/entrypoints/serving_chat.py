@@ -1,0 +1,211 @@
+"""``POST /v1/chat/completions``: the tokenizer's chat template, then one engine request.
+
+The prompt is ``tokenizer.apply_chat_template(messages, add_generation_prompt=...)``
+tokenized without adding special tokens again (the template places them). A
+streamed choice starts with a chunk carrying ``role: "assistant"``, then sends
+only new text; its last chunk carries the finish reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.responses import JSONResponse, Response
+
+from corral.entrypoints.errors import APIError, bad_request, error_body
+from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage
+from corral.entrypoints.responses import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessageOut,
+    DeltaMessage,
+    TokenLogprob,
+    TopLogprob,
+    UsageInfo,
+    random_id,
+)
+from corral.entrypoints.serving import ServingContext, unless_disconnected
+from corral.entrypoints.sse import Emit, EventStreamResponse
+from corral.errors import EngineDeadError
+from corral.outputs import Logprobs, RequestOutput
+from corral.sampling_params import SamplingParams
+
+
+def render_chat(
+    ctx: ServingContext, messages: list[ChatMessage], add_generation_prompt: bool
+) -> str:
+    """The conversation as the model's chat template writes it (400 "messages" on failure)."""
+    if not getattr(ctx.tokenizer, "chat_template", None):
+        raise APIError(400, "messages: the model's tokenizer has no chat template", "messages")
+    conversation = [
+        # Few templates know OpenAI's newer "developer" role; it means "system".
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in messages
+    ]
+    try:
+        text = ctx.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:  # a template raising (jinja's raise_exception) rejects the input
+        raise APIError(
+            400, f"messages: the chat template rejected them: {exc}", "messages"
+        ) from exc
+    return str(text)
+
+
+def _logprobs(
+    ctx: ServingContext, token_ids: list[int], entries: list[Logprobs], num: int
+) -> ChatLogprobs:
+    content = []
+    for token_id, entry in zip(token_ids, entries, strict=True):
+        token = ctx.token_text(token_id)
+        top = sorted(entry.items(), key=lambda item: item[1], reverse=True)[:num]
+        content.append(
+            TokenLogprob(
+                token=token,
+                logprob=entry.get(token_id, float("-inf")),
+                bytes=list(token.encode()),
+                top_logprobs=[
+                    TopLogprob(
+                        token=ctx.token_text(t), logprob=lp, bytes=list(ctx.token_text(t).encode())
+                    )
+                    for t, lp in top
+                ],
+            )
+        )
+    return ChatLogprobs(content=content)
+
+
+def _prepare(
+    ctx: ServingContext, request: ChatCompletionRequest
+) -> tuple[list[int], SamplingParams]:
+    text = render_chat(ctx, request.messages, request.add_generation_prompt)
+    token_ids = ctx.encode(text, add_special_tokens=False)
+    max_tokens = ctx.max_tokens(request.requested_max_tokens, len(token_ids))
+    try:
+        params = request.sampling_params(
+            max_tokens=max_tokens, default_temperature=1.0, logprobs=request.num_logprobs
+        )
+    except ValueError as exc:
+        raise bad_request(exc) from exc
+    return token_ids, params
+
+
+async def create_chat_completion(
+    ctx: ServingContext, request: ChatCompletionRequest, receive: Any
+) -> Response:
+    """Answer a chat completion request (see the module docstring)."""
+    model = ctx.model_name(request.model)
+    ctx.check_alive()
+    if request.stream and request.best_of not in (None, request.n):
+        raise APIError(400, "best_of: streaming needs best_of equal to n", "best_of")
+    token_ids, params = _prepare(ctx, request)
+    request_id = random_id("chatcmpl")
+    created = int(time.time())
+    if request.stream:
+        return EventStreamResponse(
+            lambda emit: _stream(ctx, request, token_ids, params, request_id, created, model, emit)
+        )
+    final = await unless_disconnected(
+        receive, lambda: ctx.run_request(request_id, token_ids, params)
+    )
+    if final is None:
+        return Response(status_code=499)  # the client left; nobody reads this
+    choices = []
+    completion_tokens = 0
+    for i, completion in enumerate(final.outputs):
+        completion_tokens += len(completion.token_ids)
+        logprobs = None
+        if request.logprobs:
+            entries = list(completion.logprobs or [])
+            logprobs = _logprobs(ctx, completion.token_ids, entries, request.top_logprobs or 0)
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=ChatMessageOut(content=completion.text),
+                logprobs=logprobs,
+                finish_reason=completion.finish_reason,
+                stop_reason=completion.stop_reason,
+            )
+        )
+    usage = UsageInfo(
+        prompt_tokens=len(token_ids),
+        completion_tokens=completion_tokens,
+        total_tokens=len(token_ids) + completion_tokens,
+    )
+    body = ChatCompletionResponse(
+        id=request_id, created=created, model=model, choices=choices, usage=usage
+    )
+    return JSONResponse(body.model_dump())
+
+
+async def _stream(
+    ctx: ServingContext,
+    request: ChatCompletionRequest,
+    token_ids: list[int],
+    params: SamplingParams,
+    request_id: str,
+    created: int,
+    model: str,
+    emit: Emit,
+) -> None:
+    n = request.n
+    sent_text = [0] * n
+    sent_tokens = [0] * n
+    done = [False] * n
+
+    def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> dict[str, Any]:
+        body = ChatCompletionChunk(
+            id=request_id, created=created, model=model, choices=choices, usage=usage
+        )
+        return body.model_dump(exclude={"usage"} if usage is None else None)
+
+    for i in range(n):
+        await emit(
+            chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        )
+
+    async def on_output(output: RequestOutput) -> None:
+        for i, completion in enumerate(output.outputs):
+            if done[i]:
+                continue
+            delta = completion.text[sent_text[i] :]
+            new_ids = completion.token_ids[sent_tokens[i] :]
+            if not delta and not new_ids and completion.finish_reason is None:
+                continue
+            logprobs = None
+            if request.logprobs:
+                entries = list(completion.logprobs or [])[sent_tokens[i] :]
+                logprobs = _logprobs(ctx, new_ids, entries, request.top_logprobs or 0)
+            sent_text[i] = len(completion.text)
+            sent_tokens[i] = len(completion.token_ids)
+            done[i] = completion.finish_reason is not None
+            choice = ChatChunkChoice(
+                index=i,
+                delta=DeltaMessage(content=delta),
+                logprobs=logprobs,
+                finish_reason=completion.finish_reason,
+                stop_reason=completion.stop_reason,
+            )
+            await emit(chunk([choice]))
+
+    try:
+        final = await ctx.run_request(request_id, token_ids, params, on_output)
+    except APIError as exc:
+        await emit(error_body(exc.status, exc.message, exc.param))
+        return
+    except EngineDeadError as exc:
+        await emit(error_body(503, f"the engine has died: {exc}"))
+        return
+    if request.include_usage:
+        completion_tokens = sum(len(c.token_ids) for c in final.outputs)
+        usage = UsageInfo(
+            prompt_tokens=len(token_ids),
+            completion_tokens=completion_tokens,
+            total_tokens=len(token_ids) + completion_tokens,
+        )
+        await emit(chunk([], usage))

@@ -1,0 +1,243 @@
+"""``POST /v1/completions``: one engine request per prompt, answered whole or as SSE chunks.
+
+Choice ``i`` of prompt ``p`` has index ``p * n + i``. With ``echo`` the prompt text
+precedes each choice's text (and, with ``logprobs``, the prompt tokens' logprobs
+precede the generated ones; the first prompt token has none). A streamed choice
+sends only what is new since its previous chunk, so the concatenated chunks equal
+the non-streamed text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import attrs
+from starlette.responses import JSONResponse, Response
+
+from corral.entrypoints.errors import APIError, bad_request, error_body
+from corral.entrypoints.protocol import CompletionRequest
+from corral.entrypoints.responses import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    UsageInfo,
+    random_id,
+)
+from corral.entrypoints.serving import ServingContext, run_all, unless_disconnected
+from corral.entrypoints.sse import Emit, EventStreamResponse
+from corral.errors import EngineDeadError
+from corral.outputs import CompletionOutput, Logprobs, RequestOutput
+from corral.sampling_params import SamplingParams
+
+
+@attrs.define
+class _Prompt:
+    text: str
+    token_ids: list[int]
+    params: SamplingParams
+
+
+@attrs.define
+class _LogprobWriter:
+    """Builds the legacy logprobs lists of one choice, chunk by chunk."""
+
+    ctx: ServingContext
+    num: int
+    offset: int = 0
+
+    def write(self, token_ids: list[int], entries: list[Logprobs | None]) -> CompletionLogprobs:
+        out = CompletionLogprobs()
+        for token_id, entry in zip(token_ids, entries, strict=True):
+            token = self.ctx.token_text(token_id)
+            out.tokens.append(token)
+            out.text_offset.append(self.offset)
+            self.offset += len(token)
+            if entry is None:
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+                continue
+            out.token_logprobs.append(entry.get(token_id))
+            top = sorted(entry.items(), key=lambda item: item[1], reverse=True)
+            chosen = [item for item in top if item[0] == token_id]
+            picked = dict(top[: self.num] + chosen)
+            out.top_logprobs.append({self.ctx.token_text(t): lp for t, lp in picked.items()})
+        return out
+
+
+def _prepare(ctx: ServingContext, request: CompletionRequest) -> list[_Prompt]:
+    prompts = []
+    for prompt in request.prompts():
+        token_ids = ctx.encode(prompt)
+        text = prompt if isinstance(prompt, str) else ctx.tokenizer.decode(token_ids)
+        max_tokens = ctx.max_tokens(request.max_tokens, len(token_ids))
+        try:
+            params = request.sampling_params(
+                max_tokens=max_tokens,
+                default_temperature=1.0,
+                logprobs=request.logprobs,
+                prompt_logprobs=request.logprobs if request.echo else None,
+            )
+        except ValueError as exc:
+            raise bad_request(exc) from exc
+        prompts.append(_Prompt(text, token_ids, params))
+    return prompts
+
+
+def _prompt_logprobs(writer: _LogprobWriter, output: RequestOutput) -> CompletionLogprobs:
+    entries = output.prompt_logprobs or [None] * len(output.prompt_token_ids)
+    return writer.write(output.prompt_token_ids, list(entries))
+
+
+def _merge(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(
+        text_offset=first.text_offset + second.text_offset,
+        token_logprobs=first.token_logprobs + second.token_logprobs,
+        tokens=first.tokens + second.tokens,
+        top_logprobs=first.top_logprobs + second.top_logprobs,
+    )
+
+
+def _choice(
+    ctx: ServingContext,
+    request: CompletionRequest,
+    index: int,
+    prompt: _Prompt,
+    output: RequestOutput,
+    completion: CompletionOutput,
+) -> CompletionChoice:
+    text = completion.text
+    logprobs = None
+    if request.logprobs is not None:
+        writer = _LogprobWriter(ctx, request.logprobs)
+        logprobs = CompletionLogprobs()
+        if request.echo:
+            logprobs = _prompt_logprobs(writer, output)
+        generated = writer.write(completion.token_ids, list(completion.logprobs or []))
+        logprobs = _merge(logprobs, generated)
+    if request.echo:
+        text = prompt.text + text
+    return CompletionChoice(
+        index=index,
+        text=text,
+        logprobs=logprobs,
+        finish_reason=completion.finish_reason,
+        stop_reason=completion.stop_reason,
+    )
+
+
+async def create_completion(
+    ctx: ServingContext, request: CompletionRequest, receive: Any
+) -> Response:
+    """Answer a completion request (see the module docstring)."""
+    model = ctx.model_name(request.model)
+    ctx.check_alive()
+    if request.stream and request.best_of not in (None, request.n):
+        raise APIError(400, "best_of: streaming needs best_of equal to n", "best_of")
+    prompts = _prepare(ctx, request)
+    request_id = random_id("cmpl")
+    created = int(time.time())
+    if request.stream:
+        return EventStreamResponse(
+            lambda emit: _stream(ctx, request, prompts, request_id, created, model, emit)
+        )
+    finals: list[RequestOutput | None] = [None] * len(prompts)
+
+    def job(p: int, prompt: _Prompt) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            finals[p] = await ctx.run_request(f"{request_id}-{p}", prompt.token_ids, prompt.params)
+
+        return run
+
+    jobs = [job(p, prompt) for p, prompt in enumerate(prompts)]
+    await unless_disconnected(receive, lambda: run_all(jobs))
+    if None in finals:
+        return Response(status_code=499)  # the client left; nobody reads this
+    choices = []
+    usage = UsageInfo()
+    for p, (prompt, output) in enumerate(zip(prompts, finals, strict=True)):
+        assert output is not None
+        usage.prompt_tokens += len(output.prompt_token_ids)
+        for i, completion in enumerate(output.outputs):
+            usage.completion_tokens += len(completion.token_ids)
+            choices.append(_choice(ctx, request, p * request.n + i, prompt, output, completion))
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+    body = CompletionResponse(
+        id=request_id, created=created, model=model, choices=choices, usage=usage
+    )
+    return JSONResponse(body.model_dump())
+
+
+async def _stream(
+    ctx: ServingContext,
+    request: CompletionRequest,
+    prompts: list[_Prompt],
+    request_id: str,
+    created: int,
+    model: str,
+    emit: Emit,
+) -> None:
+    usage = UsageInfo()
+
+    def chunk(choice: CompletionChoice) -> dict[str, Any]:
+        body = CompletionResponse(id=request_id, created=created, model=model, choices=[choice])
+        return body.model_dump(exclude={"usage"})
+
+    async def run(p: int, prompt: _Prompt) -> None:
+        n = request.n
+        sent_text = [0] * n
+        sent_tokens = [0] * n
+        done = [False] * n
+        writers = [_LogprobWriter(ctx, request.logprobs or 0) for _ in range(n)]
+
+        async def on_output(output: RequestOutput) -> None:
+            for i, completion in enumerate(output.outputs):
+                if done[i]:
+                    continue
+                delta = completion.text[sent_text[i] :]
+                new_ids = completion.token_ids[sent_tokens[i] :]
+                first = sent_tokens[i] == 0 and sent_text[i] == 0
+                if not delta and not new_ids and completion.finish_reason is None:
+                    continue
+                logprobs = None
+                if request.logprobs is not None:
+                    entries = (completion.logprobs or [])[sent_tokens[i] :]
+                    logprobs = writers[i].write(new_ids, list(entries))
+                    if request.echo and first:
+                        logprobs = _merge(_prompt_logprobs(writers[i], output), logprobs)
+                if request.echo and first:
+                    delta = prompt.text + delta
+                sent_text[i] = len(completion.text)
+                sent_tokens[i] = len(completion.token_ids)
+                done[i] = completion.finish_reason is not None
+                choice = CompletionChoice(
+                    index=p * n + i,
+                    text=delta,
+                    logprobs=logprobs,
+                    finish_reason=completion.finish_reason,
+                    stop_reason=completion.stop_reason,
+                )
+                await emit(chunk(choice))
+
+        final = await ctx.run_request(
+            f"{request_id}-{p}", prompt.token_ids, prompt.params, on_output
+        )
+        usage.prompt_tokens += len(final.prompt_token_ids)
+        usage.completion_tokens += sum(len(c.token_ids) for c in final.outputs)
+
+    try:
+        await run_all([partial(run, p, prompt) for p, prompt in enumerate(prompts)])
+    except APIError as exc:
+        await emit(error_body(exc.status, exc.message, exc.param))
+        return
+    except EngineDeadError as exc:
+        await emit(error_body(503, f"the engine has died: {exc}"))
+        return
+    if request.include_usage:
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        body = CompletionResponse(
+            id=request_id, created=created, model=model, choices=[], usage=usage
+        )
+        await emit(body.model_dump())

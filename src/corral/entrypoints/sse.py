@@ -1,0 +1,87 @@
+"""Server-Sent Events responses whose producer is cancelled when the client leaves.
+
+A producer is a coroutine function handed an ``emit`` callback; it runs inside a
+task group next to a watcher of the connection. When the client disconnects the
+watcher cancels the group, the cancellation reaches the producer wherever it
+waits (typically in the engine stream's ``__anext__``), and leaving the engine
+stream's ``async with`` aborts the request at once. No async generator is
+involved, so no ``yield`` ever sits inside a cancel scope.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+Emit = Callable[[Any], Awaitable[None]]
+Producer = Callable[[Emit], Awaitable[None]]
+
+DONE = "[DONE]"
+
+
+def format_event(data: Any) -> bytes:
+    """One SSE event: ``data: <json>`` (or the literal ``[DONE]``) and a blank line."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Return once the client has disconnected (the request body is already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class EventStreamResponse(Response):
+    """``text/event-stream`` response fed by ``producer``, ended by ``data: [DONE]``.
+
+    Args:
+        producer: Called with ``emit``; each ``await emit(obj)`` sends one event
+            with ``obj`` as JSON. ``data: [DONE]`` follows when it returns.
+    """
+
+    def __init__(self, producer: Producer) -> None:
+        # Not Response.__init__: it would declare a content-length for a body that
+        # is not known yet.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        self._producer = producer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        lock = anyio.Lock()
+
+        async def emit(data: Any) -> None:
+            # Several producer tasks (one per prompt) may share the connection.
+            async with lock:
+                await send(
+                    {"type": "http.response.body", "body": format_event(data), "more_body": True}
+                )
+
+        disconnected = anyio.Event()
+
+        async def watch() -> None:
+            await wait_disconnect(receive)
+            disconnected.set()
+            tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await self._producer(emit)
+            await emit(DONE)
+            tg.cancel_scope.cancel()
+        if not disconnected.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
