@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import attrs
 import pytest
 import torch
 from parity import compare_tokens
@@ -22,35 +24,56 @@ def random_prompts(vocab_size: int, lengths: tuple[int, ...], seed: int) -> list
     return [[rng.randrange(3, vocab_size) for _ in range(n)] for n in lengths]
 
 
+def hf_greedy(hf: Any, prompts: list[list[int]], pad_id: int, eos_id: int) -> list[Reference]:
+    """transformers' greedy continuations of all prompts in one left-padded batch."""
+    longest = max(map(len, prompts))
+    input_ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        ref = hf.generate(
+            input_ids,
+            attention_mask=mask,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    references = []
+    for row in range(len(prompts)):
+        tokens = ref.sequences[row, longest:].tolist()
+        if eos_id in tokens:
+            tokens = tokens[: tokens.index(eos_id) + 1]
+        references.append(Reference(tokens, [step[row] for step in ref.logits[: len(tokens)]]))
+    return references
+
+
+@attrs.frozen
+class Reference:
+    tokens: list[int]
+    logits: list[torch.Tensor]
+
+
 @pytest.mark.parametrize("name", sorted(MODEL_SPECS))
 def test_greedy_tokens_and_logprobs_match_transformers(zoo: ModelZoo, name: str) -> None:
     llm = zoo.llm(name)
     hf = zoo.hf_model(name)
+    tokenizer = llm.get_tokenizer()
     prompts = random_prompts(llm.model_config.vocab_size, PROMPT_LENGTHS, seed=len(name))
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=1, prompt_logprobs=2)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
+    references = hf_greedy(hf, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id)
     compared = 0
-    for prompt, output in zip(prompts, outputs, strict=True):
+    for prompt, output, ref in zip(prompts, outputs, references, strict=True):
         context = f"{name}, prompt of {len(prompt)} tokens"
         with torch.inference_mode():
-            ref = hf.generate(
-                torch.tensor([prompt]),
-                attention_mask=torch.ones(1, len(prompt), dtype=torch.int64),
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
             prompt_ref = hf(torch.tensor([prompt])).logits[0].log_softmax(-1)
-        ref_tokens = ref.sequences[0, len(prompt) :].tolist()
-        ref_logits = [step[0] for step in ref.logits]
         completion = output.outputs[0]
-        agree = compare_tokens(ref_tokens, completion.token_ids, ref_logits, context=context)
+        agree = compare_tokens(ref.tokens, completion.token_ids, ref.logits, context=context)
         compared += agree
         assert completion.logprobs is not None
         for step in range(agree):
             token = completion.token_ids[step]
-            expected = float(ref_logits[step].log_softmax(-1)[token])
+            expected = float(ref.logits[step].log_softmax(-1)[token])
             assert abs(completion.logprobs[step][token] - expected) <= LOGPROB_TOLERANCE, context
         assert output.prompt_logprobs is not None
         assert len(output.prompt_logprobs) == len(prompt)
