@@ -52,12 +52,15 @@ def completions(output: RequestOutput) -> list[tuple[int, list[int], str, str | 
 
 
 async def wait_idle(engine: AsyncEngine) -> None:
-    """Wait (bounded by the caller's fail_after) until every KV block is free again."""
+    """Wait (bounded by the caller's fail_after) until the core holds no request and
+    every KV block is free again."""
     while True:
         stats = engine.stats()
-        if stats.num_free_blocks == stats.num_total_blocks and stats.num_running == 0:
-            if stats.num_waiting == 0:
-                return
+        if (
+            stats.num_free_blocks == stats.num_total_blocks
+            and not engine._core.has_unfinished_requests()
+        ):
+            return
         await anyio.sleep(0.005)
 
 
