@@ -61,7 +61,7 @@ def _vector_flags() -> list[str]:
 # headers: without it, every "parallel" loop in the extension would run on one thread.
 CXX_FLAGS: list[str] = ["-O3", "-fopenmp", "-fvisibility-inlines-hidden", *_vector_flags()]
 LD_FLAGS: list[str] = ["-fopenmp"]
-CUDA_FLAGS: list[str] = ["-O3", "--use_fast_math", "-std=c++17"]
+CUDA_FLAGS: list[str] = ["-O3", "--use_fast_math"]
 
 _lock = threading.Lock()
 _loaded: pathlib.Path | None = None
