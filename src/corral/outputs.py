@@ -1,11 +1,11 @@
 """What a request's caller receives: cumulative snapshots of its completions.
 
 Each `RequestOutput` holds everything generated so far (not a delta), so a consumer
-that skips snapshots loses nothing. The types are plain mutable attrs classes, like
-vLLM's, because the engine builds one per request per step and frozen attrs classes
-cost noticeably more to build; the engine never mutates one after handing it out,
-except `RequestMetrics`, which is shared by a request's snapshots and always holds
-the latest timings.
+that skips snapshots loses nothing. The types are plain mutable classes, like vLLM's,
+because the engine builds one per request per step and frozen classes cost
+noticeably more to build; the engine never mutates one after handing it out, except
+`RequestMetrics`, which is shared by a request's snapshots and always holds the
+latest timings.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ Logprobs = dict[int, float]
 """Token id -> log-probability: the chosen token plus the most likely ones asked for."""
 
 
-@attrs.define(slots=True)
 class CompletionOutput:
     """One completion of a request.
 
@@ -36,19 +35,126 @@ class CompletionOutput:
             "length" (max_tokens or the model's context length) or "abort".
         stop_reason: The stop string or stop token id that ended it, None otherwise
             (also None for EOS).
+
+    The engine builds one per sequence per step; ``token_ids`` and ``logprobs`` are
+    copied out of the sequence's (append-only) lists only when first read, so
+    snapshots that nobody reads cost no copy.
     """
 
-    index: int
-    text: str
-    token_ids: list[int]
-    cumulative_logprob: float
-    logprobs: list[Logprobs] | None
-    finish_reason: FinishReason | None = None
-    stop_reason: int | str | None = None
+    __slots__ = (
+        "_logprobs",
+        "_logprobs_source",
+        "_source_range",
+        "_token_ids",
+        "_token_source",
+        "cumulative_logprob",
+        "finish_reason",
+        "index",
+        "stop_reason",
+        "text",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        text: str,
+        token_ids: list[int],
+        cumulative_logprob: float,
+        logprobs: list[Logprobs] | None,
+        finish_reason: FinishReason | None = None,
+        stop_reason: int | str | None = None,
+    ) -> None:
+        self.index = index
+        self.text = text
+        self._token_ids: list[int] | None = token_ids
+        self._token_source: list[int] | None = None
+        self._source_range = (0, 0)
+        self.cumulative_logprob = cumulative_logprob
+        self._logprobs = logprobs
+        self._logprobs_source: list[Logprobs] | None = None
+        self.finish_reason = finish_reason
+        self.stop_reason = stop_reason
+
+    @classmethod
+    def from_window(
+        cls,
+        index: int,
+        text: str,
+        token_source: list[int],
+        start: int,
+        stop: int,
+        cumulative_logprob: float,
+        logprobs_source: list[Logprobs] | None,
+        finish_reason: FinishReason | None,
+        stop_reason: int | str | None,
+    ) -> CompletionOutput:
+        """A completion whose tokens are ``token_source[start:stop]`` (and logprobs the
+        first ``stop - start`` of ``logprobs_source``); both lists must only ever grow."""
+        out = cls.__new__(cls)
+        out.index = index
+        out.text = text
+        out._token_ids = None
+        out._token_source = token_source
+        out._source_range = (start, stop)
+        out.cumulative_logprob = cumulative_logprob
+        out._logprobs = None
+        out._logprobs_source = logprobs_source
+        out.finish_reason = finish_reason
+        out.stop_reason = stop_reason
+        return out
+
+    @property
+    def token_ids(self) -> list[int]:
+        if self._token_ids is None:
+            start, stop = self._source_range
+            self._token_ids = self._token_source[start:stop]  # type: ignore[index]
+        return self._token_ids
+
+    @token_ids.setter
+    def token_ids(self, value: list[int]) -> None:
+        self._token_ids = value
+
+    @property
+    def logprobs(self) -> list[Logprobs] | None:
+        if self._logprobs is None and self._logprobs_source is not None:
+            start, stop = self._source_range
+            self._logprobs = self._logprobs_source[: stop - start]
+        return self._logprobs
+
+    @logprobs.setter
+    def logprobs(self, value: list[Logprobs] | None) -> None:
+        self._logprobs = value
+        self._logprobs_source = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.index,
+            self.text,
+            self.token_ids,
+            self.cumulative_logprob,
+            self.logprobs,
+            self.finish_reason,
+            self.stop_reason,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompletionOutput):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"CompletionOutput(index={self.index}, text={self.text!r}, "
+            f"token_ids={self.token_ids}, cumulative_logprob={self.cumulative_logprob}, "
+            f"logprobs={self.logprobs}, finish_reason={self.finish_reason!r}, "
+            f"stop_reason={self.stop_reason!r})"
+        )
 
 
 @attrs.define(slots=True)

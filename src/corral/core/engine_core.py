@@ -123,7 +123,7 @@ class EngineCore:
         error = self._never_runs(request)
         if error is not None:
             request.error = error
-            seq.status = SeqStatus.FINISHED
+            seq.finish()
             seq.finish_reason = "abort"
             self._due[request] = None
         else:
@@ -211,14 +211,18 @@ class EngineCore:
         now: float,
         changed: dict[Request, None],
     ) -> None:
-        caching = self.kv.enable_prefix_caching
-        block_size = self.kv.block_size
+        # The hot path: runs once per scheduled sequence per step.
+        kv = self.kv
+        caching = kv.enable_prefix_caching
+        block_size = kv.block_size
+        append = self._append
         sampled = result.sampled_token_ids
         sampled_logprobs = result.sampled_logprobs
         top_logprobs = result.top_logprobs
         num_new_tokens = scheduler_output.num_new_tokens
         num_samples = scheduler_output.num_samples
         k = 0
+        num_sampled = 0
         # The scheduler only ever schedules our own Sequence objects.
         seqs = cast(list[Sequence], scheduler_output.seqs)
         for i, seq in enumerate(seqs):
@@ -226,27 +230,38 @@ class EngineCore:
             end = start + num_new_tokens[i]
             seq.num_computed_tokens = end
             if caching and end // block_size > seq.num_cached_blocks:
-                self.kv.cache_full_blocks(seq)
+                kv.cache_full_blocks(seq)
             request = seq.request
-            metrics = request.metrics
-            if metrics.first_scheduled_time is None:
-                metrics.first_scheduled_time = now
             if start < seq.num_prompt_tokens:
-                self._num_prompt_tokens += min(end, seq.num_prompt_tokens) - start
-                if request.prompt_logprobs is not None:
-                    self._add_prompt_logprobs(seq, start, result)
+                self._prefill_done(seq, start, end, result, now)
             count = num_samples[i]
-            if count == 0:
+            if not count:
                 continue
-            targets = [seq] if count == 1 else self._fork(seq, count)
-            for target in targets:
-                self._append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
+            if count == 1:
+                append(seq, sampled[k], sampled_logprobs[k], top_logprobs[k])
                 k += 1
-            self._num_generation_tokens += count
+            else:
+                for target in self._fork(seq, count):
+                    append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
+                    k += 1
+            num_sampled += count
+            metrics = request.metrics
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
             metrics.last_token_time = now
             changed[request] = None
+        self._num_generation_tokens += num_sampled
+
+    def _prefill_done(
+        self, seq: Sequence, start: int, end: int, result: ModelRunnerOutput, now: float
+    ) -> None:
+        """Bookkeeping for a step that computed prompt tokens ``[start, end)``."""
+        request = seq.request
+        if request.metrics.first_scheduled_time is None:
+            request.metrics.first_scheduled_time = now
+        self._num_prompt_tokens += min(end, seq.num_prompt_tokens) - start
+        if request.prompt_logprobs is not None:
+            self._add_prompt_logprobs(seq, start, result)
 
     def _fork(self, seq: Sequence, count: int) -> list[Sequence]:
         request = seq.request

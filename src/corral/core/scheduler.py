@@ -88,7 +88,7 @@ class Scheduler:
             self.swapped.remove((seq.priority, seq))
             heapq.heapify(self.swapped)
             self.kv.free_host(seq)
-        seq.status = SeqStatus.FINISHED
+        seq.finish()
 
     def _drop_reservation(self, seq: Sequence) -> None:
         if seq.fork_pending:
@@ -221,7 +221,7 @@ class Scheduler:
 
     def _too_large(self, seq: Sequence) -> None:
         """Finish a sequence (already out of every queue) that can never fit."""
-        seq.status = SeqStatus.FINISHED
+        seq.finish()
         self._on_too_large(
             seq,
             f"sequence of {len(seq.token_ids)} tokens needs more KV blocks than the cache "

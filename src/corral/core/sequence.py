@@ -29,6 +29,7 @@ class Request:
         "arrival_index",
         "error",
         "metrics",
+        "num_finished",
         "params",
         "prefix_pos",
         "prompt",
@@ -60,11 +61,12 @@ class Request:
             None if params.prompt_logprobs is None else [None]
         )
         self.seqs: list[Sequence] = []
+        self.num_finished = 0
         self.error: str | None = None
 
     @property
     def finished(self) -> bool:
-        return all(seq.status is SeqStatus.FINISHED for seq in self.seqs)
+        return self.num_finished == len(self.seqs)
 
 
 class Sequence:
@@ -137,6 +139,11 @@ class Sequence:
         if self.logprobs is not None:
             child.logprobs = list(self.logprobs)
         return child
+
+    def finish(self) -> None:
+        """Mark the sequence finished (it must already be out of every queue)."""
+        self.status = SeqStatus.FINISHED
+        self.request.num_finished += 1
 
     @property
     def num_output_tokens(self) -> int:
