@@ -35,7 +35,11 @@ def aborted_output(state: RequestState) -> RequestOutput:
             state.request_id, state.prompt, state.prompt_token_ids, None, completions, True
         )
     completions = [
-        c if c.finish_reason is not None else attrs.evolve(c, finish_reason="abort")
+        c
+        if c.finish_reason is not None
+        else CompletionOutput(
+            c.index, c.text, c.token_ids, c.cumulative_logprob, c.logprobs, "abort"
+        )
         for c in latest.outputs
     ]
     return attrs.evolve(latest, outputs=completions, finished=True)

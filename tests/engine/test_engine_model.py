@@ -1,0 +1,148 @@
+"""The async engine over a real tiny model: parity with the offline `LLM`, seed facade."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from corral.config import AsyncEngineArgs
+from corral.engine import AsyncLLMEngine, open_engine
+from corral.llm import LLM
+from corral.outputs import RequestOutput
+from corral.sampling_params import SamplingParams
+
+_spec = importlib.util.spec_from_file_location(
+    "corral_test_parity", Path(__file__).parents[1] / "model" / "parity.py"
+)
+assert _spec is not None and _spec.loader is not None
+parity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(parity)
+
+ENGINE_ARGS: dict[str, Any] = {
+    "dtype": "float32",
+    "device": "cpu",
+    "num_kv_blocks": 128,
+    "max_model_len": 256,
+}
+PROMPTS = [
+    "The quick brown fox",
+    "Structured concurrency keeps",
+    "def add(a, b):",
+    "The lazy dog jumps over",
+    "every task inside a nursery",
+    "quick quick quick",
+]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random-weight Llama with a BPE tokenizer trained on the spot."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    raw.train_from_iterator(PROMPTS * 10, trainer)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<s>", eos_token="</s>"
+    )
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        initializer_range=0.1,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
+        folder
+    )
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def offline(model_dir: str) -> list[RequestOutput]:
+    """The offline `LLM`'s greedy outputs for PROMPTS, as the reference."""
+    return LLM(model_dir, **ENGINE_ARGS).generate(PROMPTS, GREEDY, use_tqdm=False)
+
+
+def assert_same_as_offline(got: RequestOutput, want: RequestOutput) -> None:
+    expected, actual = want.outputs[0], got.outputs[0]
+    agreed = parity.compare_with_logprobs(
+        expected.token_ids, actual.token_ids, expected.logprobs, context=want.prompt
+    )
+    if agreed == len(expected.token_ids):
+        assert actual.text == expected.text
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_match_offline_llm_despite_cancellations(
+    model_dir: str, offline: list[RequestOutput]
+) -> None:
+    finals: dict[int, RequestOutput] = {}
+    with anyio.fail_after(120):
+        async with open_engine(model=model_dir, log_requests=False, **ENGINE_ARGS) as engine:
+
+            async def run(i: int) -> None:
+                async with engine.generate(PROMPTS[i], GREEDY, f"p{i}") as stream:
+                    async for out in stream:
+                        finals[i] = out
+                        if i == 4 and len(out.outputs[0].token_ids) == 2:
+                            await engine.abort("p4")
+                        if i == 5 and len(out.outputs[0].token_ids) == 3:
+                            return  # leaving `async with` aborts
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(PROMPTS)):
+                    tg.start_soon(run, i)
+    for i in range(4):
+        assert finals[i].finished and finals[i].outputs[0].finish_reason == "length"
+        assert_same_as_offline(finals[i], offline[i])
+    assert finals[4].outputs[0].finish_reason == "abort"
+    assert len(finals[4].outputs[0].token_ids) == 2
+    assert not finals[5].finished and len(finals[5].outputs[0].token_ids) == 3
+
+
+@pytest.mark.anyio
+async def test_seed_facade_serves_a_real_model(
+    model_dir: str, offline: list[RequestOutput]
+) -> None:
+    args = AsyncEngineArgs(model=model_dir, max_log_len=8, disable_log_stats=True, **ENGINE_ARGS)
+    engine = AsyncLLMEngine.from_engine_args(args)
+    assert engine.log_requests and engine.max_log_len == 8 and not engine.is_running
+    with anyio.fail_after(120):
+        async with engine:
+            assert engine.is_running
+            tokenizer = await engine.get_tokenizer()
+            assert (
+                tokenizer("abc").input_ids
+                == transformers.AutoTokenizer.from_pretrained(model_dir)("abc").input_ids
+            )
+            assert (await engine.get_model_config()).max_model_len == 256
+            with pytest.raises(ValueError, match="max_model_len=256"):
+                engine.generate("quick " * 300, GREEDY, "too-long")
+            final = None
+            async for output in engine.generate(PROMPTS[0], GREEDY, 0):
+                final = output
+            assert final is not None and final.request_id == "0"
+            assert_same_as_offline(final, offline[0])
+            await engine.abort("0")
+    assert not engine.is_running
