@@ -82,15 +82,21 @@ inline void dot_group(const float* q, int64_t rows, int64_t head_size, const T* 
   }
 }
 
-// Attention of `rows` scaled float query rows `q` [rows, head_size] over key
-// positions [begin, end), all visible to every row. `scores` is scratch of
-// rows * kDecodeChunk floats. Fills `state` (overwriting it).
+// Attention of the query rows of `num_kv_heads` consecutive kv heads (starting at
+// view.head_offset), `group` rows each, over key positions [begin, end), all
+// visible to every row. `q` is [num_kv_heads * group, head_size] scaled float;
+// `scores` is scratch of num_kv_heads * group * kDecodeChunk floats. Slots are
+// walked in order and each slot's rows of all the task's kv heads are read
+// together, so the cache streams through memory instead of being read in strided
+// per-head pieces. Fills `state` (overwriting it).
 constexpr int64_t kDecodeChunk = 256;
 
 template <typename T>
-void decode_attend(const PagedView<T>& view, const float* q, int64_t rows, int64_t begin,
-                   int64_t end, float* scores, PartialState state) {
+void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group,
+                   const float* q, int64_t begin, int64_t end, float* scores,
+                   PartialState state) {
   const int64_t hs = view.head_size;
+  const int64_t rows = num_kv_heads * group;
   for (int64_t r = 0; r < rows; ++r) {
     state.max[r] = kNegInf;
     state.sum[r] = 0.0f;
@@ -99,7 +105,11 @@ void decode_attend(const PagedView<T>& view, const float* q, int64_t rows, int64
   for (int64_t c0 = begin; c0 < end; c0 += kDecodeChunk) {
     const int64_t n = std::min(kDecodeChunk, end - c0);
     for (int64_t j = 0; j < n; ++j) {
-      dot_group(q, rows, hs, view.key_row(c0 + j), scores + j, kDecodeChunk);
+      const T* k = view.key_row(c0 + j);
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        dot_group(q + h * group * hs, group, hs, k + h * hs,
+                  scores + h * group * kDecodeChunk + j, kDecodeChunk);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* s = scores + r * kDecodeChunk;
@@ -114,7 +124,7 @@ void decode_attend(const PagedView<T>& view, const float* q, int64_t rows, int64
     for (int64_t j = 0; j < n; ++j) {
       const T* v = view.value_row(c0 + j);
       for (int64_t r = 0; r < rows; ++r) {
-        axpy_row(state.acc + r * hs, scores[r * kDecodeChunk + j], v, hs);
+        axpy_row(state.acc + r * hs, scores[r * kDecodeChunk + j], v + (r / group) * hs, hs);
       }
     }
   }

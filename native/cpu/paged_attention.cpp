@@ -1,10 +1,12 @@
 // CPU paged_attention: validates the batch, cuts it into independent tasks and
 // runs them on torch's thread pool.
 //
-// A task is one kv head of one sequence: for a decode token (q_len 1) a range of
-// key positions ("partition"), for a prefill chunk a tile of query tokens. When a
-// batch has fewer tasks than threads, decode contexts are split into partitions
-// whose partial softmax states are merged afterwards (split-K / flash-decoding).
+// A prefill task is one kv head of one sequence and a tile of its query tokens. A
+// decode task (q_len 1) is a run of kv heads of one sequence (all of them when the
+// batch is large, since the kernel then streams whole cache slots) over a range of
+// key positions. When a batch has fewer tasks than threads, decode tasks are
+// first narrowed to fewer kv heads, then their keys are split into partitions
+// whose partial softmax states are merged afterwards (split-K, flash-decoding).
 // Tasks are handed out through an atomic counter, largest first, so uneven causal
 // tiles balance across threads.
 #include "attention_prefill.h"
@@ -23,7 +25,8 @@ using cpu::kHeadSizeMultiple;
 
 struct Task {
   int64_t seq;
-  int64_t kv_head;
+  int64_t kv_head;       // first kv head
+  int64_t num_kv_heads;  // decode: kv heads in this task; prefill: 1
   int64_t first;      // decode: first key position; prefill: first query token (local)
   int64_t last;       // exclusive
   int64_t partition;  // index into the partial-state buffer, or -1: write `out` directly
@@ -127,9 +130,9 @@ Batch check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Ten
 // Below this many keys a decode partition costs more to merge than it saves.
 constexpr int64_t kMinPartition = 256;
 
-// One decode (sequence, kv head) whose key range was split into partitions.
+// One decode task whose key range was split into partitions.
 struct Merge {
-  int64_t seq, kv_head, first_partition, num_partitions;
+  int64_t seq, kv_head, num_kv_heads, first_partition, num_partitions;
 };
 
 struct Plan {
@@ -137,24 +140,24 @@ struct Plan {
   std::vector<Merge> merges;
   int64_t num_partitions = 0;
   int64_t tile_tokens = 1;
+  int64_t decode_heads = 1;  // most kv heads in one decode task
 };
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 Plan make_plan(const Batch& b, int64_t window, int64_t num_threads) {
   Plan plan;
   plan.tile_tokens = std::max<int64_t>(1, cpu::kPrefillTileRows / b.group);
-  std::vector<Task> decode;
+  std::vector<int64_t> decode_seqs;
   for (int64_t s = 0; s < b.num_seqs; ++s) {
     const int64_t q_len = b.query_start[s + 1] - b.query_start[s];
-    const int64_t ctx = b.seq_lens[s];
-    for (int64_t h = 0; q_len > 0 && h < b.num_kv_heads; ++h) {
-      if (q_len == 1) {
-        // The token sits at ctx - 1 and sees keys j > ctx - 1 - window.
-        const int64_t begin = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
-        decode.push_back({s, h, begin, ctx, -1});
-        continue;
-      }
+    if (q_len == 1) {
+      decode_seqs.push_back(s);
+      continue;
+    }
+    for (int64_t h = 0; q_len > 1 && h < b.num_kv_heads; ++h) {
       for (int64_t t0 = 0; t0 < q_len; t0 += plan.tile_tokens) {
-        plan.tasks.push_back({s, h, t0, std::min(q_len, t0 + plan.tile_tokens), -1});
+        plan.tasks.push_back({s, h, 1, t0, std::min(q_len, t0 + plan.tile_tokens), -1});
       }
     }
   }
@@ -164,21 +167,37 @@ Plan make_plan(const Batch& b, int64_t window, int64_t num_threads) {
     const int64_t ys = b.seq_lens[y.seq] - (b.query_start[y.seq + 1] - b.query_start[y.seq]);
     return xs + x.last > ys + y.last;
   });
-  const int64_t num_tasks = static_cast<int64_t>(plan.tasks.size() + decode.size());
-  const int64_t wanted = num_tasks < num_threads ? (2 * num_threads + num_tasks - 1) / num_tasks
-                                                 : int64_t{1};
-  for (const Task& t : decode) {
-    const int64_t len = t.last - t.first;
-    const int64_t parts =
-        std::min(wanted, std::max<int64_t>(1, (len + kMinPartition - 1) / kMinPartition));
-    if (parts == 1) {
-      plan.tasks.push_back(t);
-      continue;
-    }
-    plan.merges.push_back({t.seq, t.kv_head, plan.num_partitions, parts});
-    for (int64_t p = 0; p < parts; ++p) {
-      plan.tasks.push_back({t.seq, t.kv_head, t.first + len * p / parts,
-                            t.first + len * (p + 1) / parts, plan.num_partitions++});
+  if (decode_seqs.empty()) {
+    return plan;
+  }
+  const int64_t wanted = 2 * num_threads;
+  const int64_t other = static_cast<int64_t>(plan.tasks.size());
+  const int64_t num_decode = static_cast<int64_t>(decode_seqs.size());
+  int64_t head_splits = 1;
+  if (other + num_decode < wanted) {
+    head_splits = std::min(b.num_kv_heads, ceil_div(wanted - other, num_decode));
+  }
+  plan.decode_heads = ceil_div(b.num_kv_heads, head_splits);
+  head_splits = ceil_div(b.num_kv_heads, plan.decode_heads);
+  const int64_t num_tasks = other + num_decode * head_splits;
+  const int64_t parts_wanted = num_tasks < wanted ? ceil_div(wanted, num_tasks) : int64_t{1};
+  for (const int64_t s : decode_seqs) {
+    const int64_t ctx = b.seq_lens[s];
+    // The token sits at ctx - 1 and sees keys j > ctx - 1 - window.
+    const int64_t begin = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
+    const int64_t len = ctx - begin;
+    const int64_t parts = std::min(parts_wanted, std::max<int64_t>(1, len / kMinPartition));
+    for (int64_t h = 0; h < b.num_kv_heads; h += plan.decode_heads) {
+      const int64_t nh = std::min(plan.decode_heads, b.num_kv_heads - h);
+      if (parts == 1) {
+        plan.tasks.push_back({s, h, nh, begin, ctx, -1});
+        continue;
+      }
+      plan.merges.push_back({s, h, nh, plan.num_partitions, parts});
+      for (int64_t p = 0; p < parts; ++p) {
+        plan.tasks.push_back({s, h, nh, begin + len * p / parts, begin + len * (p + 1) / parts,
+                              plan.num_partitions++});
+      }
     }
   }
   return plan;
@@ -192,10 +211,11 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
   const int64_t hs = b.head_size;
   const int64_t g = b.group;
   const int64_t token_stride = b.num_heads * hs;
-  // Partial states of split decode tasks: [partition, group, head_size] plus max/sum.
-  std::vector<float> partial_acc(plan.num_partitions * g * hs);
-  std::vector<float> partial_max(plan.num_partitions * g);
-  std::vector<float> partial_sum(plan.num_partitions * g);
+  // Partial states of split decode tasks, `drows` query rows per partition.
+  const int64_t drows = plan.decode_heads * g;
+  std::vector<float> partial_acc(plan.num_partitions * drows * hs);
+  std::vector<float> partial_max(plan.num_partitions * drows);
+  std::vector<float> partial_sum(plan.num_partitions * drows);
   const T* q_base = query.data_ptr<T>();
   T* out_base = out.data_ptr<T>();
   const auto view_of = [&](const Task& t) {
@@ -210,7 +230,7 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
   const int64_t tile_rows = plan.tile_tokens * g;
   const int64_t scratch_floats =
       std::max(cpu::PrefillScratch::floats_needed(tile_rows, hs),
-               g * hs * 2 + g * cpu::kDecodeChunk + g * 2);
+               drows * (2 * hs + cpu::kDecodeChunk + 2));
   const int64_t num_tasks = static_cast<int64_t>(plan.tasks.size());
   std::atomic<int64_t> next{0};
 
@@ -236,21 +256,22 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
         }
         continue;
       }
+      const int64_t rows = t.num_kv_heads * g;
       float* qf = scratch.data();
-      float* scores = qf + g * hs;
-      cpu::convert_row(qf, q_base + head0, g * hs, static_cast<float>(scale));
+      float* scores = qf + rows * hs;
+      cpu::convert_row(qf, q_base + head0, rows * hs, static_cast<float>(scale));
       if (t.partition < 0) {
-        cpu::PartialState st{scores + g * cpu::kDecodeChunk, scores + g * cpu::kDecodeChunk + g,
-                             scores + g * cpu::kDecodeChunk + 2 * g};
-        cpu::decode_attend(view, qf, g, t.first, t.last, scores, st);
-        for (int64_t r = 0; r < g; ++r) {
+        float* after = scores + rows * cpu::kDecodeChunk;
+        cpu::PartialState st{after, after + rows, after + 2 * rows};
+        cpu::decode_attend(view, t.num_kv_heads, g, qf, t.first, t.last, scores, st);
+        for (int64_t r = 0; r < rows; ++r) {
           cpu::store_row(out_base + head0 + r * hs, st.acc + r * hs, hs, 1.0f / st.sum[r]);
         }
       } else {
-        cpu::PartialState st{partial_max.data() + t.partition * g,
-                             partial_sum.data() + t.partition * g,
-                             partial_acc.data() + t.partition * g * hs};
-        cpu::decode_attend(view, qf, g, t.first, t.last, scores, st);
+        cpu::PartialState st{partial_max.data() + t.partition * drows,
+                             partial_sum.data() + t.partition * drows,
+                             partial_acc.data() + t.partition * drows * hs};
+        cpu::decode_attend(view, t.num_kv_heads, g, qf, t.first, t.last, scores, st);
       }
     }
   });
@@ -261,17 +282,18 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
     for (int64_t m = lo; m < hi; ++m) {
       const Merge& mg = plan.merges[m];
       const int64_t head0 = b.query_start[mg.seq] * token_stride + mg.kv_head * g * hs;
-      for (int64_t r = 0; r < g; ++r) {
+      const int64_t p0 = mg.first_partition;
+      for (int64_t r = 0; r < mg.num_kv_heads * g; ++r) {
         float top = cpu::kNegInf;
-        for (int64_t p = mg.first_partition; p < mg.first_partition + mg.num_partitions; ++p) {
-          top = std::max(top, partial_max[p * g + r]);
+        for (int64_t p = p0; p < p0 + mg.num_partitions; ++p) {
+          top = std::max(top, partial_max[p * drows + r]);
         }
         float total = 0.0f;
         std::fill(row.begin(), row.end(), 0.0f);
-        for (int64_t p = mg.first_partition; p < mg.first_partition + mg.num_partitions; ++p) {
-          const float w = std::exp(partial_max[p * g + r] - top);
-          total += w * partial_sum[p * g + r];
-          cpu::axpy_row(row.data(), w, partial_acc.data() + (p * g + r) * hs, hs);
+        for (int64_t p = p0; p < p0 + mg.num_partitions; ++p) {
+          const float w = std::exp(partial_max[p * drows + r] - top);
+          total += w * partial_sum[p * drows + r];
+          cpu::axpy_row(row.data(), w, partial_acc.data() + (p * drows + r) * hs, hs);
         }
         cpu::store_row(out_base + head0 + r * hs, row.data(), hs, 1.0f / total);
       }
