@@ -83,13 +83,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     error = exc.errors()[0]
     loc = [str(part) for part in error.get("loc", ()) if part != "body"]
     message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "json_invalid":
+        # Its location is a character offset, not a field.
+        return f"body: {message} ({(error.get('ctx') or {}).get('error', 'invalid JSON')})", None
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, BaseException):
         # A model validator's own message already names its field.
         message = str(cause)
         return message, field_of(message) or (".".join(loc) or None)
     if not loc:
-        if error.get("type") in ("missing", "json_invalid", "model_attributes_type"):
+        if error.get("type") in ("missing", "model_attributes_type"):
             return f"body: {message}", None
         return message, field_of(message)
     param = ".".join(loc)
