@@ -91,6 +91,20 @@ def test_lookup_needs_matching_tokens_not_just_the_hash() -> None:
     assert pool.lookup(42, 7, (1, 2, 3, 4)) is None
 
 
+def test_a_held_block_is_not_handed_out_before_release_even_when_freed() -> None:
+    pool = BlockPool(2)
+    a, b = pool.allocate(), pool.allocate()
+    pool.hold(a)
+    pool.free(a)
+    pool.free(b)
+    assert pool.ref_counts[a] == 0 and pool.is_free(a)
+    assert pool.allocate() == b
+    with pytest.raises(RuntimeError, match="no free block"):
+        pool.allocate()
+    pool.release_held()
+    assert pool.allocate() == a
+
+
 def test_host_pool_detects_double_free() -> None:
     host = HostPool(2)
     block = host.allocate()
@@ -141,9 +155,8 @@ def test_copy_on_write_emits_a_copy_of_the_shared_last_block() -> None:
     assert copies == [(shared_last, child.block_table[1])]
     assert child.block_table[0] == parent.block_table[0]
     assert child.block_table[1] != shared_last
-    # The source stays pinned until the step is scheduled, then the parent owns it alone.
-    kv.release_pinned()
     assert kv.pool.ref_counts[shared_last] == 1
+    kv.release_pinned()
     copies.clear()
     assert kv.append_slots(parent, 1, copies)
     assert copies == [] and parent.block_table[1] == shared_last

@@ -2,23 +2,11 @@
 
 import pytest
 
-from corral.core import EngineCore
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
-from corral.testing import FakeModelError, FakeModelRunner, make_fake_core
+from corral.testing import make_fake_core, run_to_completion
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-
-
-def run_all(core: EngineCore, max_steps: int = 1000) -> dict[str, RequestOutput]:
-    final: dict[str, RequestOutput] = {}
-    for _ in range(max_steps):
-        if not core.has_unfinished_requests():
-            return final
-        for out in core.step():
-            if out.finished:
-                final[out.request_id] = out
-    raise AssertionError("requests did not finish")
 
 
 def completions(out: RequestOutput) -> list:
@@ -28,13 +16,13 @@ def completions(out: RequestOutput) -> list:
 def alone(prompt: list[int], params: SamplingParams, **config: object) -> RequestOutput:
     core = make_fake_core(**config)
     core.add_request("x", prompt, params)
-    return run_all(core)["x"]
+    return run_to_completion(core)["x"]
 
 
 def test_a_request_runs_to_max_tokens_and_frees_its_blocks() -> None:
     core = make_fake_core()
     core.add_request("a", [1, 2, 3, 4, 5], GREEDY)
-    out = run_all(core)["a"]
+    out = run_to_completion(core)["a"]
     assert len(out.outputs[0].token_ids) == 8
     assert out.outputs[0].finish_reason == "length"
     assert len(out.outputs[0].text) == 8
@@ -57,7 +45,7 @@ def test_a_duplicate_live_request_id_is_rejected() -> None:
     core.add_request("a", [1, 2], GREEDY)
     with pytest.raises(ValueError, match="already in use"):
         core.add_request("a", [1, 2], GREEDY)
-    run_all(core)
+    run_to_completion(core)
     core.add_request("a", [1, 2], GREEDY)
 
 
@@ -76,7 +64,7 @@ def test_a_too_long_prompt_finishes_with_an_error_and_the_engine_keeps_going() -
     core = make_fake_core(max_model_len=16)
     core.add_request("long", list(range(1, 18)), GREEDY)
     core.add_request("ok", [1, 2, 3], GREEDY)
-    final = run_all(core)
+    final = run_to_completion(core)
     assert final["long"].outputs[0].finish_reason == "abort"
     assert "longer than max_model_len=16" in (final["long"].error or "")
     assert final["ok"].outputs[0].finish_reason == "length" and final["ok"].error is None
@@ -85,7 +73,7 @@ def test_a_too_long_prompt_finishes_with_an_error_and_the_engine_keeps_going() -
 def test_a_prompt_larger_than_the_cache_finishes_with_an_error() -> None:
     core = make_fake_core(num_kv_blocks=2, block_size=4, max_model_len=64)
     core.add_request("big", list(range(1, 10)), GREEDY)
-    out = run_all(core)["big"]
+    out = run_to_completion(core)["big"]
     assert out.outputs[0].finish_reason == "abort" and "KV blocks" in (out.error or "")
 
 
@@ -114,7 +102,7 @@ def test_abort_at_any_moment_frees_everything_and_is_idempotent(moment: int) -> 
     assert {c.finish_reason for c in outputs["b"].outputs} == {"abort"}
     core.abort_request("a")
     assert "a" not in {o.request_id for o in core.step()}
-    run_all(core)
+    run_to_completion(core)
     stats = core.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
     assert not core.has_unfinished_requests()
@@ -167,7 +155,7 @@ def test_best_of_forks_after_the_prompt_and_returns_the_n_best() -> None:
         [1, 2, 3, 4, 5, 6],
         SamplingParams(n=2, best_of=3, seed=7, max_tokens=6, ignore_eos=True),
     )
-    out = run_all(core)["b"]
+    out = run_to_completion(core)["b"]
     assert len(out.outputs) == 2
     logprobs = [c.cumulative_logprob for c in out.outputs]
     assert logprobs == sorted(logprobs, reverse=True)
@@ -200,119 +188,3 @@ def test_chunked_prompt_logprobs_equal_unchunked_ones() -> None:
     chunked = alone(prompt, params, max_num_batched_tokens=8, max_num_seqs=4)
     whole = alone(prompt, params, max_num_batched_tokens=64)
     assert chunked.prompt_logprobs == whole.prompt_logprobs
-
-
-def test_prefix_cache_hits_are_counted_and_do_not_change_outputs() -> None:
-    core = make_fake_core()
-    prefix = list(range(1, 13))
-    core.add_request("a", [*prefix, 20], GREEDY)
-    first = run_all(core)["a"]
-    core.add_request("b", [*prefix, 20], GREEDY)
-    second = run_all(core)["b"]
-    assert completions(first) == completions(second)
-    stats = core.stats()
-    assert stats.prefix_cache_hits == 12 and stats.prefix_cache_queries == 26
-
-
-def test_fcfs_admission_order() -> None:
-    core = make_fake_core(max_num_seqs=1, max_num_batched_tokens=16)
-    for name in "abc":
-        core.add_request(
-            name, [1, 2, 3], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
-        )
-    order = []
-    while core.has_unfinished_requests():
-        order += [o.request_id for o in core.step() if o.finished]
-    assert order == ["a", "b", "c"]
-
-
-def test_budget_and_max_num_seqs_are_respected_every_step() -> None:
-    class Recorder(FakeModelRunner):
-        def __init__(self) -> None:
-            super().__init__(block_size=4)
-            self.batches: list[tuple[int, int]] = []
-
-        def execute(self, scheduler_output):  # type: ignore[no-untyped-def]
-            self.batches.append((scheduler_output.num_batched_tokens, len(scheduler_output.seqs)))
-            return super().execute(scheduler_output)
-
-    runner = Recorder()
-    core = make_fake_core(runner, max_num_seqs=3, max_num_batched_tokens=10)
-    for i in range(6):
-        core.add_request(str(i), list(range(1, 12)), GREEDY)
-    run_all(core)
-    assert max(tokens for tokens, _ in runner.batches) <= 10
-    assert max(seqs for _, seqs in runner.batches) <= 3
-    assert max(tokens for tokens, _ in runner.batches) == 10
-
-
-def test_decodes_come_before_prefill_chunks_in_the_batch() -> None:
-    core = make_fake_core(max_num_batched_tokens=16)
-    core.add_request("a", [1, 2, 3], GREEDY)
-    core.step()
-    core.add_request("b", list(range(1, 30)), GREEDY)
-    scheduled = core.scheduler.schedule()
-    assert scheduled.num_new_tokens[0] == 1 and scheduled.num_new_tokens[1] == 15
-
-
-@pytest.mark.parametrize("mode", ["recompute", "swap"])
-def test_preemption_does_not_change_outputs(mode: str) -> None:
-    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
-    prompts = [[i, i + 1, i + 2] for i in range(1, 7)]
-    expected = [completions(alone(p, params)) for p in prompts]
-    core = make_fake_core(num_kv_blocks=14, max_num_seqs=6, preemption_mode=mode)
-    for i, prompt in enumerate(prompts):
-        core.add_request(str(i), prompt, params)
-    final = run_all(core)
-    assert core.stats().num_preemptions > 0
-    assert [completions(final[str(i)]) for i in range(6)] == expected
-
-
-def test_swap_falls_back_to_recompute_when_the_host_pool_is_full() -> None:
-    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
-    core = make_fake_core(
-        num_kv_blocks=14, num_host_blocks=1, max_num_seqs=6, preemption_mode="swap"
-    )
-    for i in range(6):
-        core.add_request(str(i), [i + 1, i + 2, i + 3], params)
-    seen_waiting_after_preemption = False
-    while core.has_unfinished_requests():
-        core.step()
-        stats = core.stats()
-        if stats.num_preemptions and stats.num_waiting:
-            seen_waiting_after_preemption = True
-    assert seen_waiting_after_preemption
-    stats = core.stats()
-    assert stats.num_free_blocks == stats.num_total_blocks
-
-
-def test_a_sequence_outgrowing_the_whole_cache_finishes_with_an_error() -> None:
-    core = make_fake_core(num_kv_blocks=3, block_size=4, max_model_len=64)
-    core.add_request("a", [1, 2, 3], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
-    out = run_all(core)["a"]
-    assert out.outputs[0].finish_reason == "abort" and "KV blocks" in (out.error or "")
-    assert len(out.outputs[0].token_ids) == 12 - 3 + 1
-
-
-def test_injected_failures_surface_from_step() -> None:
-    core = make_fake_core(FakeModelRunner(block_size=4, fail_at_step=2))
-    core.add_request("a", [1, 2], GREEDY)
-    core.step()
-    with pytest.raises(FakeModelError, match="step 2"):
-        core.step()
-    poisoned = make_fake_core(FakeModelRunner(block_size=4, fail_on_token=13))
-    poisoned.add_request("a", [1, 13], GREEDY)
-    with pytest.raises(FakeModelError, match="token 13"):
-        poisoned.step()
-
-
-def test_the_fake_model_notices_a_corrupted_block_table() -> None:
-    runner = FakeModelRunner(block_size=4)
-    core = make_fake_core(runner)
-    core.add_request("a", list(range(1, 10)), GREEDY)
-    expected = alone(list(range(1, 10)), GREEDY)
-    core.step()
-    seq = core.scheduler.running[0]
-    seq.block_table[0], seq.block_table[1] = seq.block_table[1], seq.block_table[0]
-    got = run_all(core)["a"]
-    assert got.outputs[0].token_ids[1:] != expected.outputs[0].token_ids[1:]

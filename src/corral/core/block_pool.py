@@ -28,6 +28,11 @@ class BlockPool:
         # What a hit must match besides the hash: (parent hash, token ids).
         self._key_of: list[tuple[int | None, tuple[int, ...]] | None] = [None] * num_blocks
         self._cached: dict[int, int] = {}
+        # Blocks that must not be handed out before `release_held` (pending copy
+        # sources); those whose count fell to zero meanwhile wait here with their
+        # sticky flag instead of in a free queue.
+        self._held: set[int] = set()
+        self._held_free: dict[int, bool] = {}
 
     @property
     def num_free(self) -> int:
@@ -54,8 +59,10 @@ class BlockPool:
         if self.ref_counts[block] == 0:
             if block in self._free:
                 del self._free[block]
-            else:
+            elif block in self._sticky:
                 del self._sticky[block]
+            else:
+                del self._held_free[block]
         self.ref_counts[block] += 1
 
     def free(self, block: int, sticky: bool = False) -> None:
@@ -70,14 +77,31 @@ class BlockPool:
             raise RuntimeError(f"BlockPool.free: block {block} is already free")
         self.ref_counts[block] = ref
         if ref == 0:
-            if self._hash_of[block] is None:
-                # Nothing worth keeping: hand it out before any cached block.
-                self._free[block] = None
-                self._free.move_to_end(block, last=False)
-            elif sticky:
-                self._sticky[block] = None
+            if block in self._held:
+                self._held_free[block] = sticky
             else:
-                self._free[block] = None
+                self._enqueue(block, sticky)
+
+    def _enqueue(self, block: int, sticky: bool) -> None:
+        if self._hash_of[block] is None:
+            # Nothing worth keeping: hand it out before any cached block.
+            self._free[block] = None
+            self._free.move_to_end(block, last=False)
+        elif sticky:
+            self._sticky[block] = None
+        else:
+            self._free[block] = None
+
+    def hold(self, block: int) -> None:
+        """Keep ``block`` from being handed out until `release_held`, even if freed."""
+        self._held.add(block)
+
+    def release_held(self) -> None:
+        """End every hold; held blocks that were freed meanwhile become free now."""
+        for block, sticky in self._held_free.items():
+            self._enqueue(block, sticky)
+        self._held.clear()
+        self._held_free.clear()
 
     def cache(
         self, block: int, block_hash: int, parent_hash: int | None, tokens: tuple[int, ...]
@@ -113,7 +137,12 @@ class BlockPool:
         return dict(self._cached)
 
     def is_free(self, block: int) -> bool:
-        return block in self._free or block in self._sticky
+        return (
+            block in self._free
+            or block in self._sticky
+            or block in self._held_free
+            or block in self._held_free
+        )
 
 
 class HostPool:

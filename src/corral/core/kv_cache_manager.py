@@ -23,9 +23,6 @@ class KVCacheManager:
         # Prefix-cache statistics in tokens, like vLLM: tokens looked up, tokens found.
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
-        # Copy-on-write sources stay referenced until the step is scheduled, so that
-        # no block the runner still has to copy from is handed out in the same step.
-        self._pinned: list[int] = []
 
     @property
     def num_free_blocks(self) -> int:
@@ -111,16 +108,18 @@ class KVCacheManager:
             dst = pool.allocate()
             blocks_to_copy.append((src, dst))
             block_table[first] = dst
-            self._pinned.append(src)
+            # The runner copies from src before the forward pass; should its other
+            # holders be preempted later in this step, src must not be reused as a
+            # destination of the same step.
+            pool.hold(src)
+            pool.free(src)
         for _ in range(need):
             block_table.append(pool.allocate())
         return True
 
     def release_pinned(self) -> None:
-        """Drop the references copy-on-write held back; call once per scheduled step."""
-        for block in self._pinned:
-            self.pool.free(block)
-        self._pinned.clear()
+        """End the step's holds on copy-on-write sources; call once per scheduled step."""
+        self.pool.release_held()
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Offer the sequence's newly computed full blocks to the prefix cache."""

@@ -8,6 +8,7 @@ from typing import Any
 from corral.config import CoreConfig
 from corral.core.engine_core import EngineCore
 from corral.core.interface import Detokenizer
+from corral.outputs import RequestOutput
 from corral.testing.detokenizer import FakeDetokenizer
 from corral.testing.fake_runner import FakeModelRunner
 
@@ -69,3 +70,22 @@ def make_fake_core(
     if detokenizer is _DEFAULT_DETOKENIZER:
         detokenizer = FakeDetokenizer(special_token_ids=eos)
     return EngineCore(config, runner, eos_token_ids=eos, detokenizer=detokenizer)
+
+
+def run_to_completion(core: EngineCore, max_steps: int = 10_000) -> dict[str, RequestOutput]:
+    """Step ``core`` until it is idle; return each request's final output by id.
+
+    Raises:
+        AssertionError: The core still had unfinished requests after ``max_steps``
+            steps (a liveness failure), or a request finished twice.
+    """
+    final: dict[str, RequestOutput] = {}
+    for _ in range(max_steps):
+        if not core.has_unfinished_requests():
+            return final
+        for out in core.step():
+            if out.finished:
+                if out.request_id in final:
+                    raise AssertionError(f"request {out.request_id!r} finished twice")
+                final[out.request_id] = out
+    raise AssertionError(f"requests still unfinished after {max_steps} steps: {core.stats()}")
