@@ -219,6 +219,11 @@ class Scheduler:
             if kv.append_slots(seq, 1, out.blocks_to_copy):
                 return True
 
+    def _fits(self, seq: Sequence) -> bool:
+        """Whether the cache can hold all of ``seq``'s tokens (it must compute them all
+        before it can sample again)."""
+        return self.kv.num_blocks_for(len(seq.token_ids)) <= self.kv.pool.num_blocks
+
     def _too_large(self, seq: Sequence) -> None:
         """Finish a sequence (already out of every queue) that can never fit."""
         seq.finish()
@@ -234,6 +239,11 @@ class Scheduler:
         swapped = self.swapped
         while swapped and budget > 0:
             seq = swapped[0][1]
+            if not self._fits(seq):
+                heapq.heappop(swapped)
+                kv.free_host(seq)
+                self._too_large(seq)
+                continue
             if len(self.running) + self.num_reserved + self._seats(seq) > config.max_num_seqs:
                 break
             num_new = len(seq.token_ids) - seq.num_computed_tokens
@@ -243,12 +253,7 @@ class Scheduler:
                 break
             reserve = config.watermark_blocks if self.running else 0
             if kv.num_free_blocks - kv.swap_in_cost(seq, num_new) < reserve:
-                if self.running:
-                    break
-                heapq.heappop(swapped)
-                kv.free_host(seq)
-                self._too_large(seq)
-                continue
+                break
             heapq.heappop(swapped)
             kv.swap_in(seq, out.blocks_to_swap_in)
             if not kv.append_slots(seq, num_new, out.blocks_to_copy):
@@ -264,6 +269,10 @@ class Scheduler:
         waiting = self.waiting
         while waiting and budget > 0:
             seq = waiting[0][1]
+            if not self._fits(seq):
+                heapq.heappop(waiting)
+                self._too_large(seq)
+                continue
             if len(self.running) + self.num_reserved + self._seats(seq) > config.max_num_seqs:
                 break
             cached = kv.cached_prefix(seq)
@@ -274,12 +283,7 @@ class Scheduler:
                 break
             reserve = config.watermark_blocks if self.running else 0
             if not kv.admit(seq, cached, num_new, reserve):
-                if self.running:
-                    break
-                # Every block is free and it still does not fit: it never will.
-                heapq.heappop(waiting)
-                self._too_large(seq)
-                continue
+                break
             heapq.heappop(waiting)
             self._start_running(seq)
             self._emit(out, seq, num_new)
