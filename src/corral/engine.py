@@ -119,6 +119,8 @@ class AsyncEngine:
             request_id = uuid.uuid4().hex
         elif not isinstance(request_id, str):
             raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
+        # An abandoned stream's id must be free again, not just at the next step.
+        self._loop.reap_orphans()
         if request_id in self._loop.live:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
         if not isinstance(sampling_params, SamplingParams):

@@ -156,3 +156,14 @@ async def test_exit_aborts_live_requests_and_frees_the_cache() -> None:
     stats = core.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
     assert not core.has_unfinished_requests()
+
+
+async def test_id_of_a_broken_off_stream_is_free_at_once() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+            async for _ in engine.generate(None, greedy(90), "brk", prompt_token_ids=PROMPT):
+                break
+            async with engine.generate(None, greedy(2), "brk", prompt_token_ids=[1]) as stream:
+                outs = [out async for out in stream]
+            assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 2
+            await wait_idle(engine)

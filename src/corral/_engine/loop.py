@@ -129,6 +129,11 @@ class EngineLoop:
         """`cancel`, deferred to the loop; safe from a finalizer in any thread."""
         self._orphans.append(state)
 
+    def reap_orphans(self) -> None:
+        """Cancel the requests of garbage-collected streams now (event loop thread only)."""
+        while self._orphans:
+            self.cancel(self._orphans.popleft())
+
     def stop(self) -> None:
         """Abort every live request and let `run` return after the current step."""
         self.stopping = True
@@ -178,8 +183,7 @@ class EngineLoop:
             del self.live[state.request_id]
 
     def _apply_inbox(self) -> None:
-        while self._orphans:
-            self.cancel(self._orphans.popleft())
+        self.reap_orphans()
         core = self.core
         while self._inbox:
             is_add, state = self._inbox.popleft()
