@@ -44,7 +44,8 @@ class CompletionOutput:
     __slots__ = (
         "_logprobs",
         "_logprobs_source",
-        "_source_range",
+        "_start",
+        "_stop",
         "_token_ids",
         "_token_source",
         "cumulative_logprob",
@@ -68,7 +69,7 @@ class CompletionOutput:
         self.text = text
         self._token_ids: list[int] | None = token_ids
         self._token_source: list[int] | None = None
-        self._source_range = (0, 0)
+        self._start = self._stop = 0
         self.cumulative_logprob = cumulative_logprob
         self._logprobs = logprobs
         self._logprobs_source: list[Logprobs] | None = None
@@ -95,7 +96,8 @@ class CompletionOutput:
         out.text = text
         out._token_ids = None
         out._token_source = token_source
-        out._source_range = (start, stop)
+        out._start = start
+        out._stop = stop
         out.cumulative_logprob = cumulative_logprob
         out._logprobs = None
         out._logprobs_source = logprobs_source
@@ -106,8 +108,7 @@ class CompletionOutput:
     @property
     def token_ids(self) -> list[int]:
         if self._token_ids is None:
-            start, stop = self._source_range
-            self._token_ids = self._token_source[start:stop]  # type: ignore[index]
+            self._token_ids = self._token_source[self._start : self._stop]  # type: ignore[index]
         return self._token_ids
 
     @token_ids.setter
@@ -117,8 +118,7 @@ class CompletionOutput:
     @property
     def logprobs(self) -> list[Logprobs] | None:
         if self._logprobs is None and self._logprobs_source is not None:
-            start, stop = self._source_range
-            self._logprobs = self._logprobs_source[: stop - start]
+            self._logprobs = self._logprobs_source[: self._stop - self._start]
         return self._logprobs
 
     @logprobs.setter

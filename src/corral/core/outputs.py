@@ -13,20 +13,23 @@ def build_output(request: Request, finished: bool) -> RequestOutput:
         seqs = sorted(seqs, key=lambda seq: seq.cumulative_logprob, reverse=True)[
             : request.params.n
         ]
-    completions = [
-        CompletionOutput.from_window(
-            seq.seq_index,
-            seq.output_text,
-            seq.token_ids,
-            seq.num_prompt_tokens,
-            len(seq.token_ids),
-            seq.cumulative_logprob,
-            seq.logprobs,
-            seq.finish_reason,
-            seq.stop_reason,
+    window = CompletionOutput.from_window
+    completions = []
+    for seq in seqs:
+        token_ids = seq.token_ids
+        completions.append(
+            window(
+                seq.seq_index,
+                seq.output_text,
+                token_ids,
+                seq.num_prompt_tokens,
+                len(token_ids),
+                seq.cumulative_logprob,
+                seq.logprobs,
+                seq.finish_reason,
+                seq.stop_reason,
+            )
         )
-        for seq in seqs
-    ]
     return RequestOutput(
         request.request_id,
         request.prompt,
