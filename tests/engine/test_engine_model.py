@@ -8,9 +8,8 @@ from typing import Any
 
 import anyio
 import pytest
-import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from engine_helpers import build_tiny_model
 
 from corral.config import AsyncEngineArgs
 from corral.engine import AsyncLLMEngine, open_engine
@@ -44,38 +43,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprob
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 2-layer random-weight Llama with a BPE tokenizer trained on the spot."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(PROMPTS * 10, trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>"
-    )
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=0,
-        eos_token_id=1,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
-        folder
-    )
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), PROMPTS)
 
 
 @pytest.fixture(scope="module")
