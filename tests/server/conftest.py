@@ -25,4 +25,5 @@ def server(tiny_model: Path) -> Iterator[ServerProcess]:
         proc.wait_ready()
         yield proc
     finally:
-        proc.stop()
+        code = proc.stop()
+    assert code == 0, proc.output()

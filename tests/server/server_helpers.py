@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,9 +96,10 @@ class ServerProcess:
             "--block-size", "8", "--dtype", "float32", "--no-log-requests", *extra,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        # A file, not a pipe: nobody reads the log while the server runs, and a full
+        # pipe would block the server.
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -112,13 +114,20 @@ class ServerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout}s")
 
+    final_output = ""
+
     def output(self) -> str:
-        assert self.proc.stdout is not None
-        if self.proc.poll() is None:
-            return ""
-        return self.proc.stdout.read().decode(errors="replace")
+        """What the server logged so far."""
+        if self.log.closed:
+            return self.final_output
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (unless it has exited already), wait, and return the exit code.
+
+        The log stays readable in ``final_output``.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -127,6 +136,10 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
             raise
+        finally:
+            if not self.log.closed:
+                self.final_output = self.output()
+                self.log.close()
 
 
 @asynccontextmanager

@@ -119,10 +119,19 @@ async def serve(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
         )
         app = build_app(ctx, api_key=settings.api_key, max_body_size=settings.max_body_size)
         shutdown = anyio.Event()
+        config = _hypercorn_config(settings)
         async with anyio.create_task_group() as tg:
+
+            async def http() -> None:
+                # In a task of its own: hypercorn's asyncio serve returns with a
+                # cancellation request still counted on its task (Python 3.11), which
+                # would turn the task group's exit into a CancelledError if this ran
+                # in the host task.
+                await _hypercorn_serve(app, config, shutdown)
+                tg.cancel_scope.cancel()
+
             tg.start_soon(_watch_signals, shutdown, tg.cancel_scope, settings.shutdown_timeout)
-            await _hypercorn_serve(app, _hypercorn_config(settings), shutdown)
-            tg.cancel_scope.cancel()
+            tg.start_soon(http)
     logger.info("server stopped")
 
 

@@ -62,8 +62,12 @@ class _LogprobWriter:
             out.token_logprobs.append(entry.get(token_id))
             top = sorted(entry.items(), key=lambda item: item[1], reverse=True)
             chosen = [item for item in top if item[0] == token_id]
-            picked = dict(top[: self.num] + chosen)
-            out.top_logprobs.append({self.ctx.token_text(t): lp for t, lp in picked.items()})
+            shown: dict[str, float] = {}
+            for t, lp in top[: self.num] + chosen:
+                # Distinct tokens may share a text (partial UTF-8 bytes all show as "�");
+                # the more likely one keeps the entry.
+                shown.setdefault(self.ctx.token_text(t), lp)
+            out.top_logprobs.append(shown)
         return out
 
 

@@ -1,0 +1,79 @@
+"""SIGTERM during streams: in-flight streams finish (or are cut at the timeout), exit code 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from threading import Barrier
+
+import httpx2
+import pytest
+from server_helpers import ServerProcess
+
+
+def stream_completion(url: str, max_tokens: int, started: Barrier) -> list[str]:
+    """Stream one completion; return its SSE payloads (reaching the barrier at the first)."""
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    payloads: list[str] = []
+    try:
+        with httpx2.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    payloads.append(line[len("data: ") :])
+                    if len(payloads) == 1:
+                        started.wait()
+    except httpx2.TransportError:
+        pass  # the server cut the stream at its shutdown deadline
+    return payloads
+
+
+def run_streams(server: ServerProcess, count: int, max_tokens: int) -> list[Future[list[str]]]:
+    started = Barrier(count + 1)
+    pool = ThreadPoolExecutor(count)
+    futures = [
+        pool.submit(stream_completion, server.url, max_tokens, started) for _ in range(count)
+    ]
+    started.wait(timeout=60)
+    pool.shutdown(wait=False)
+    return futures
+
+
+def test_sigterm_lets_inflight_streams_finish_then_exits_zero(tiny_model: Path) -> None:
+    server = ServerProcess(tiny_model, loop="trio")
+    try:
+        server.wait_ready()
+        futures = run_streams(server, count=3, max_tokens=120)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with pytest.raises(httpx2.TransportError):
+            httpx2.get(f"{server.url}/health", timeout=2)
+        for future in futures:
+            payloads = future.result(timeout=60)
+            assert payloads[-1] == "[DONE]"
+            assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "length"
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+
+
+def test_sigterm_past_the_timeout_cuts_streams_and_exits_zero(tiny_model: Path) -> None:
+    server = ServerProcess(tiny_model, "--shutdown-timeout", "0.3", loop="asyncio")
+    try:
+        server.wait_ready()
+        futures = run_streams(server, count=8, max_tokens=240)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 15
+        results = [future.result(timeout=30) for future in futures]
+        assert any(payloads[-1] != "[DONE]" for payloads in results)
+    finally:
+        server.stop()
