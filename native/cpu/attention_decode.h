@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace corral::cpu {
 
@@ -53,33 +54,69 @@ inline void dot_rows(const float* q, int64_t head_size, const T* k, float* score
     }
   }
   for (int g = 0; g < NG; ++g) {
-    scores[g * score_stride] =
-        at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, sums[g]);
+    scores[g * score_stride] = sums[g].reduce_add();
   }
 }
 
-template <typename T>
-inline void dot_group(const float* q, int64_t rows, int64_t head_size, const T* k,
-                      float* scores, int64_t score_stride) {
+// acc[g] += p[g * p_stride] * v for NG rows at once, so v is read (and converted)
+// once per group.
+template <int NG, typename T>
+inline void axpy_rows(float* acc, int64_t head_size, const float* p, int64_t p_stride,
+                      const T* v) {
+  fVec weights[NG];
+  for (int g = 0; g < NG; ++g) {
+    weights[g] = fVec(p[g * p_stride]);
+  }
+  for (int64_t d = 0; d < head_size; d += kVec) {
+    const fVec vv = load_f32(v + d);
+    for (int g = 0; g < NG; ++g) {
+      float* a = acc + g * head_size + d;
+      fmadd(weights[g], vv, fVec::loadu(a)).store(a);
+    }
+  }
+}
+
+// Runs `kernel(group size, first row)` over `rows` rows in groups of up to four,
+// so that every group size compiles to fully unrolled register code.
+template <typename Kernel>
+inline void for_row_groups(int64_t rows, Kernel&& kernel) {
   int64_t g = 0;
   for (; g + 4 <= rows; g += 4) {
-    dot_rows<4>(q + g * head_size, head_size, k, scores + g * score_stride, score_stride);
+    kernel(std::integral_constant<int, 4>{}, g);
   }
-  const float* qg = q + g * head_size;
-  float* sg = scores + g * score_stride;
   switch (rows - g) {
     case 3:
-      dot_rows<3>(qg, head_size, k, sg, score_stride);
+      kernel(std::integral_constant<int, 3>{}, g);
       break;
     case 2:
-      dot_rows<2>(qg, head_size, k, sg, score_stride);
+      kernel(std::integral_constant<int, 2>{}, g);
       break;
     case 1:
-      dot_rows<1>(qg, head_size, k, sg, score_stride);
+      kernel(std::integral_constant<int, 1>{}, g);
       break;
     default:
       break;
   }
+}
+
+// scores[g * score_stride] = dot(q[g], k) for `rows` query rows.
+template <typename T>
+inline void dot_group(const float* q, int64_t rows, int64_t head_size, const T* k,
+                      float* scores, int64_t score_stride) {
+  for_row_groups(rows, [&](auto ng, int64_t g) {
+    dot_rows<decltype(ng)::value>(q + g * head_size, head_size, k, scores + g * score_stride,
+                                  score_stride);
+  });
+}
+
+// acc[g] += p[g * p_stride] * v for `rows` rows.
+template <typename T>
+inline void axpy_group(float* acc, int64_t rows, int64_t head_size, const float* p,
+                       int64_t p_stride, const T* v) {
+  for_row_groups(rows, [&](auto ng, int64_t g) {
+    axpy_rows<decltype(ng)::value>(acc + g * head_size, head_size, p + g * p_stride, p_stride,
+                                   v);
+  });
 }
 
 // Attention of the query rows of `num_kv_heads` consecutive kv heads (starting at
@@ -123,8 +160,9 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
     }
     for (int64_t j = 0; j < n; ++j) {
       const T* v = view.value_row(c0 + j);
-      for (int64_t r = 0; r < rows; ++r) {
-        axpy_row(state.acc + r * hs, scores[r * kDecodeChunk + j], v + (r / group) * hs, hs);
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        axpy_group(state.acc + h * group * hs, group, hs, scores + h * group * kDecodeChunk + j,
+                   kDecodeChunk, v + h * hs);
       }
     }
   }

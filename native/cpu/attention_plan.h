@@ -77,23 +77,29 @@ inline Plan make_plan(const Batch& b, int64_t window, int64_t num_threads) {
   if (decode_seqs.empty()) {
     return plan;
   }
+  // Enough tasks to keep every thread busy while the last ones finish.
   const int64_t wanted = 2 * num_threads;
   const int64_t other = static_cast<int64_t>(plan.tasks.size());
   const int64_t num_decode = static_cast<int64_t>(decode_seqs.size());
-  int64_t head_splits = 1;
-  if (other + num_decode < wanted) {
-    head_splits = std::min(b.num_kv_heads, ceil_div(wanted - other, num_decode));
+  const int64_t short_by = ceil_div(std::max<int64_t>(0, wanted - other), num_decode);
+  // Split keys first: a task over all kv heads streams whole slots, while a task
+  // over some heads reads strided pieces of them. Heads are split only when the
+  // contexts are too short to partition.
+  int64_t longest = 0;
+  for (const int64_t s : decode_seqs) {
+    longest = std::max<int64_t>(longest, b.seq_lens[s]);
   }
+  const int64_t parts_wanted = std::max<int64_t>(1, short_by);
+  const int64_t max_parts = std::max<int64_t>(1, longest / kMinPartition);
+  const int64_t head_splits =
+      std::min(b.num_kv_heads, ceil_div(parts_wanted, std::min(parts_wanted, max_parts)));
   plan.decode_heads = ceil_div(b.num_kv_heads, head_splits);
-  head_splits = ceil_div(b.num_kv_heads, plan.decode_heads);
-  const int64_t num_tasks = other + num_decode * head_splits;
-  const int64_t parts_wanted = num_tasks < wanted ? ceil_div(wanted, num_tasks) : int64_t{1};
   for (const int64_t s : decode_seqs) {
     const int64_t ctx = b.seq_lens[s];
     // The token sits at ctx - 1 and sees keys j > ctx - 1 - window.
     const int64_t begin = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
     const int64_t len = ctx - begin;
-    const int64_t parts = std::min(parts_wanted, std::max<int64_t>(1, len / kMinPartition));
+    const int64_t parts = std::clamp<int64_t>(len / kMinPartition, 1, parts_wanted);
     for (int64_t h = 0; h < b.num_kv_heads; h += plan.decode_heads) {
       const int64_t nh = std::min(plan.decode_heads, b.num_kv_heads - h);
       if (parts == 1) {

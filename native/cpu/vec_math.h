@@ -94,7 +94,7 @@ inline float exp_shift_sum(float* x, int64_t n, float shift) {
     e.store(x + i);
     acc = acc + e;
   }
-  float sum = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, acc);
+  float sum = acc.reduce_add();
   for (; i < n; ++i) {
     x[i] = std::exp(x[i] - shift);
     sum += x[i];

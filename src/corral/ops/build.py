@@ -109,14 +109,19 @@ def build_directory(with_cuda: bool) -> pathlib.Path:
 
 
 def _is_stale(library: pathlib.Path, with_cuda: bool) -> bool:
-    """Whether the built library is missing or older than a native source or header."""
+    """Whether the built library is missing or older than a source or a header
+    next to one (only for the log line: ninja decides what to recompile)."""
     if not library.is_file():
         return True
+    sources = native_sources(with_cuda)
+    headers = [
+        path
+        for folder in {source.parent for source in sources}
+        for pattern in ("*.h", "*.cuh")
+        for path in folder.glob(pattern)
+    ]
     built = library.stat().st_mtime
-    inputs = list(NATIVE_DIR.rglob("*.cpp")) + list(NATIVE_DIR.rglob("*.h"))
-    if with_cuda:
-        inputs += list(NATIVE_DIR.rglob("*.cu")) + list(NATIVE_DIR.rglob("*.cuh"))
-    return any(path.stat().st_mtime > built for path in inputs)
+    return any(path.stat().st_mtime > built for path in sources + headers)
 
 
 def load_library() -> pathlib.Path:
