@@ -144,3 +144,21 @@ def test_results_do_not_depend_on_the_rest_of_the_batch(device: str) -> None:
             batch.scale,
         )
         assert torch.equal(alone, together[starts[s] : starts[s + 1]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_split_over_kv_heads_and_partitions_matches_reference(
+    many_threads: None, device: str
+) -> None:
+    spec = BatchSpec(
+        seq_lens=(700, 650),
+        q_lens=(1, 1),
+        num_kv_heads=3,
+        group=2,
+        head_size=96,
+        block_size=32,
+        dtype=torch.float16,
+        sliding_window=-1,
+        seed=13,
+    )
+    check_against_reference(spec, device)
