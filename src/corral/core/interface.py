@@ -27,7 +27,7 @@ batch, on preemption or on chunking.
 
 Prompt log-probabilities. For a request whose ``params.prompt_logprobs`` is not None,
 a chunk computing tokens ``[a, b)`` yields entries for prompt tokens
-``a+1 .. min(b, num_prompt_tokens) - 1`` (token ``t`` given tokens ``< t``). The core
+``a+1 .. min(b, num_prompt_tokens - 1)`` inclusive (token ``t`` given tokens ``< t``). The core
 never serves such a request from the prefix cache, so every prompt position is
 computed once.
 
