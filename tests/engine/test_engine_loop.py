@@ -158,3 +158,25 @@ async def test_stats_are_logged_periodically(caplog: pytest.LogCaptureFixture) -
     lines = [r.getMessage() for r in caplog.records if "generation throughput" in r.getMessage()]
     assert 2 <= len(lines) <= 8
     assert "Running: 1 reqs" in lines[0] and "KV cache usage" in lines[0]
+
+
+async def test_cancelling_the_whole_engine_block_ends_everything() -> None:
+    core = fake_core(step_delay=0.005)
+    before = {task.id for task in anyio.get_running_tasks()}
+    with anyio.fail_after(TIMEOUT):
+        with anyio.move_on_after(0.1) as scope:
+            async with open_engine_from_core(core, log_stats=False) as engine:
+                async with anyio.create_task_group() as tg:
+                    for i in range(4):
+
+                        async def consume(i: int = i) -> None:
+                            params = greedy(100)
+                            async for _ in engine.generate(None, params, prompt_token_ids=[i + 1]):
+                                await anyio.sleep(0.001)
+
+                        tg.start_soon(consume)
+    assert scope.cancelled_caught
+    assert {task.id for task in anyio.get_running_tasks()} == before
+    stats = core.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks
+    assert not core.has_unfinished_requests()
