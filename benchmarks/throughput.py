@@ -9,7 +9,7 @@ both produce exactly the same number of tokens. Wall time is measured around the
 generate calls only (model loading excluded; one short warm-up run first). Prints
 JSON.
 
-    python benchmarks/throughput.py [--quick] [--no-peer] [--requests N] [--output-len N]
+    python benchmarks/throughput.py [--quick] [--no-peer] [--threads N] [--requests N] [--output-len N]
 """
 
 from __future__ import annotations
@@ -127,7 +127,10 @@ def main() -> None:
     parser.add_argument("--peer-batch-size", type=int, default=32)
     parser.add_argument("--no-peer", action="store_true", help="skip transformers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.requests, args.output_len = 16, 32
     prompts = workload(args.requests, args.seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,7 +10,14 @@ from zoo import ModelZoo
 
 
 @pytest.fixture(scope="session")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> ModelZoo:
-    """The session's tiny models, built lazily."""
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    return ModelZoo(tmp_path_factory.mktemp("models"))
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelZoo]:
+    """The session's tiny models, built lazily.
+
+    Runs torch on one thread: these models are too small to gain from a second one,
+    and on a shared machine OpenMP threads waiting on a descheduled peer made every
+    op about ten times slower (measured on the 2-core CI box under load).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield ModelZoo(tmp_path_factory.mktemp("models"))
+    torch.set_num_threads(threads)
