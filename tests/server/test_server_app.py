@@ -304,3 +304,39 @@ async def test_engine_death_answers_503(tiny_model: Path) -> None:
                     "/v1/completions", json={"prompt": [5, 6], "max_tokens": 2}
                 )
                 assert_error(later, 503, None, "engine")
+
+
+async def test_echo_with_logprobs_prepends_the_prompt(tiny_model: Path) -> None:
+    async with open_app(tiny_model) as (client, _):
+        prompt_ids = (await client.post("/tokenize", json={"prompt": "Once upon"})).json()["tokens"]
+        body = {
+            "prompt": "Once upon",
+            "max_tokens": 3,
+            "temperature": 0,
+            "echo": True,
+            "logprobs": 1,
+        }
+        choice = (await client.post("/v1/completions", json=body)).json()["choices"][0]
+        assert choice["text"].startswith("Once upon")
+        logprobs = choice["logprobs"]
+        assert len(logprobs["tokens"]) == len(prompt_ids) + 3
+        assert logprobs["token_logprobs"][0] is None
+        assert all(lp is not None for lp in logprobs["token_logprobs"][1:])
+        assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
+
+
+async def test_best_of_returns_the_n_best_samples(tiny_model: Path) -> None:
+    async with open_app(tiny_model) as (client, _):
+        body = {
+            "prompt": "Once",
+            "max_tokens": 4,
+            "n": 2,
+            "best_of": 4,
+            "seed": 5,
+            "ignore_eos": True,
+        }
+        result = (await client.post("/v1/completions", json=body)).json()
+        assert [c["index"] for c in result["choices"]] == [0, 1]
+        assert result["usage"]["completion_tokens"] == 8
+        streamed = await client.post("/v1/completions", json={**body, "stream": True})
+        assert_error(streamed, 400, "best_of", "streaming needs best_of equal to n")

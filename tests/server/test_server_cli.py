@@ -1,0 +1,64 @@
+"""The ``corral`` command in-process: ``generate`` streams the same text the engine makes,
+and bad arguments fail before any model is loaded, naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.entrypoints.cli import main
+from corral.llm import LLM
+from corral.sampling_params import SamplingParams
+
+ENGINE = [
+    "--dtype",
+    "float32",
+    "--num-kv-blocks",
+    "64",
+    "--block-size",
+    "8",
+    "--max-model-len",
+    "256",
+]
+
+
+def test_generate_streams_the_greedy_completion(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "generate",
+        str(tiny_model),
+        "Once upon a time",
+        "--max-tokens",
+        "10",
+        "--temperature",
+        "0",
+    ]
+    assert main([*argv, "--ignore-eos", *ENGINE]) == 0
+    printed = capsys.readouterr().out
+    llm = LLM(str(tiny_model), dtype="float32", num_kv_blocks=64, block_size=8, max_model_len=256)
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    expected = llm.generate("Once upon a time", params, use_tqdm=False)[0].outputs[0].text
+    assert printed == expected + "\n"
+
+
+def test_bad_engine_argument_is_reported_with_its_field(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", str(tiny_model), "--block-size", "0"]) == 2
+    assert "block_size must be a positive integer" in capsys.readouterr().err
+
+
+def test_bad_server_argument_is_reported_with_its_field(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", str(tiny_model), "--port", "70000"]) == 2
+    assert "port must be in [0, 65535]" in capsys.readouterr().err
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "m", "--no-such-option"])
+    assert info.value.code == 2
+    assert "--no-such-option" in capsys.readouterr().err
