@@ -30,18 +30,25 @@ from corral import ops
 NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 32, 8, 128, 16
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn`` in ms, after one warm-up call."""
+def median_ms(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict:
+    """Median wall time in ms of each function, after one warm-up call each.
+
+    The functions take turns (round robin) so that all of them see the same
+    machine: on a shared machine the load drifts during a run, and measuring one
+    peer after the other would charge the drift to whichever ran later.
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    sync()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def paged_cache(
@@ -91,9 +98,12 @@ def bench_decode(
     copy_src = torch.empty(kv_bytes, dtype=torch.uint8, device=device)
     copy_dst = torch.empty_like(copy_src)
 
-    t_op = median_ms(corral_op, device, repeats)
-    t_ref = median_ms(reference_path, device, repeats)
-    t_copy = median_ms(lambda: copy_dst.copy_(copy_src), device, repeats)
+    timed = median_ms(
+        {"op": corral_op, "ref": reference_path, "copy": lambda: copy_dst.copy_(copy_src)},
+        device,
+        repeats,
+    )
+    t_op, t_ref, t_copy = timed["op"], timed["ref"], timed["copy"]
     expected = reference_path().squeeze(2)
     max_error = (out.float() - expected.float()).abs().max().item()
     bandwidth = kv_bytes / t_op / 1e6
@@ -146,8 +156,8 @@ def bench_prefill(
     def sdpa() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
-    t_op = median_ms(corral_op, device, repeats)
-    t_sdpa = median_ms(sdpa, device, repeats)
+    timed = median_ms({"op": corral_op, "sdpa": sdpa}, device, repeats)
+    t_op, t_sdpa = timed["op"], timed["sdpa"]
     expected = sdpa().transpose(1, 2).reshape_as(out)
     flops = 4 * num_seqs * NUM_HEADS * HEAD_SIZE * sum(cached + i + 1 for i in range(new_tokens))
     return {
