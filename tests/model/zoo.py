@@ -119,6 +119,52 @@ MODEL_SPECS: dict[str, Callable[[dict[str, Any]], Any]] = {
         max_position_embeddings=1024,
         **kw,
     ),
+    # head size 80, full multi-head attention, untied
+    "llama-mha": lambda kw: _llama(
+        kw, hidden_size=160, intermediate_size=256, num_attention_heads=2, num_key_value_heads=2
+    ),
+    # head size 64, GQA 4:1, window on all layers
+    "mistral-gqa": lambda kw: transformers.MistralConfig(
+        num_hidden_layers=2,
+        hidden_size=256,
+        intermediate_size=384,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=64,
+        sliding_window=100,
+        max_position_embeddings=1024,
+        **kw,
+    ),
+    # sliding window on the layers past max_window_layers only, untied
+    "qwen2-window": lambda kw: transformers.Qwen2Config(
+        num_hidden_layers=3,
+        hidden_size=128,
+        intermediate_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=40,
+        max_window_layers=1,
+        max_position_embeddings=1024,
+        **kw,
+    ),
+    # q/k norm with q/k/v/o biases, head size 64, tied
+    "qwen3-bias": lambda kw: transformers.Qwen3Config(
+        num_hidden_layers=2,
+        hidden_size=256,
+        intermediate_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=64,
+        attention_bias=True,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        **kw,
+    ),
+    # head size 80
+    "gpt2-h80": lambda kw: transformers.GPT2Config(
+        n_layer=2, n_embd=160, n_head=2, n_positions=1024, **kw
+    ),
     # learned positions, Conv1D weights, head size 64
     "gpt2": lambda kw: transformers.GPT2Config(
         n_layer=2, n_embd=128, n_head=2, n_positions=1024, **kw
