@@ -27,6 +27,7 @@ class LLM:
     """
 
     def __init__(self, model: str, **engine_args: Any) -> None:
+        # Imported here so that `import corral` does not pay for torch and the models.
         from corral.model.factory import build_engine_core
 
         self.engine_args = EngineArgs(model=model, **engine_args)

@@ -92,6 +92,9 @@ def _eos_token_ids(folder: str, hf_config: Any) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    # Parameters are created directly in the target dtype (no float32 copy of a large
+    # model first). The default dtype is process-wide, so a tensor another thread
+    # creates without a dtype during loading would get it too; corral creates none.
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -132,6 +132,8 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
         vocab_size = logits.shape[1]
+        # Greedy rows are drawn here too (their argmax is kept instead); the floor only
+        # keeps their division finite.
         temperature = self._column([max(row.params.temperature, 1e-5) for row in rows])
         logits = logits / temperature.unsqueeze(1)
         top_k = [vocab_size if row.params.top_k < 0 else row.params.top_k for row in rows]
