@@ -1,0 +1,36 @@
+// Index tensors (slots, block tables, block mappings) are validated on the host
+// before a kernel may trust them. They may live on the CPU, which costs nothing,
+// or on the CUDA device, which costs one small device-to-host copy and a stream
+// synchronisation per call: callers on a hot path should pass them on the CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace corral::cuda {
+
+// Checks the placement and type of an index tensor and returns a contiguous
+// CPU copy of it to validate.
+inline at::Tensor index_on_host(const at::Tensor& index, const char* op,
+                                const char* name, at::ScalarType dtype,
+                                const at::Device& device) {
+  TORCH_CHECK(index.scalar_type() == dtype, op, ": ", name, " must be ",
+              c10::toString(dtype), ", got ", index.scalar_type());
+  TORCH_CHECK(index.device().is_cpu() || index.device() == device, op, ": ", name,
+              " must be on the CPU or on ", device, ", got ", index.device());
+  return index.to(at::kCPU).contiguous();
+}
+
+// The same index on the kernel's device, uploaded when the caller passed it on
+// the CPU. The CPU copy stays alive until the copy ran: a pageable source is
+// staged before to() returns, a pinned one is recorded by torch's host allocator.
+inline at::Tensor index_on_device(const at::Tensor& index,
+                                  const at::Device& device) {
+  if (index.device() == device && index.is_contiguous()) {
+    return index;
+  }
+  return index.to(device, /*non_blocking=*/true).contiguous();
+}
+
+}  // namespace corral::cuda

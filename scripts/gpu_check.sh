@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On a machine with a CUDA GPU: build the native extension with its CUDA
+# sources, run the CUDA op tests, then the GPU kernel benchmark (JSON on stdout).
+#
+# Needs torch (CUDA build), hypothesis, pytest and attrs; installs nothing and
+# needs no network. corral is used from the checkout (PYTHONPATH=src), so the
+# loader finds native/ next to src/. Every step runs under `timeout`; the whole
+# script stays within about 8 minutes.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
+export CORRAL_CACHE_DIR="${CORRAL_CACHE_DIR:-${TMPDIR:-/tmp}/corral-gpu-check}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+# Unset, cpp_extension compiles for the GPU it finds, which is all we run on.
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "device"
+timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+timeout 60 python -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name())'
+
+step "build (python -m corral.ops.build)"
+timeout 300 python -m corral.ops.build
+
+step "CUDA op tests"
+timeout 240 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py
+
+step "kernel benchmark"
+timeout 120 python benchmarks/kernels.py --device cuda --dtype bfloat16
