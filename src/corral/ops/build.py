@@ -8,8 +8,8 @@ so; ``scripts/bootstrap`` runs it.
 
 The build folder is ``$CORRAL_CACHE_DIR/torch_extensions/<key>`` (default
 ``~/.cache/corral``), where ``<key>`` names the torch version, CUDA or CPU, the CPU's
-vector capability and a hash of the compile flags, so two torch builds never share
-object files.
+vector capability and a hash of the compile flags and the CPU's feature flags, so two
+torch builds or two kinds of CPU never share object files.
 """
 
 from __future__ import annotations
@@ -97,11 +97,23 @@ def _with_cuda() -> bool:
     return torch.version.cuda is not None and torch.cuda.is_available()
 
 
+def _cpu_features() -> str:
+    """The CPU's feature flags: ``-march=native`` code may use any of them, so a
+    build folder shared by several machines (a network home) must tell them apart."""
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return ""
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            return line
+    return ""
+
+
 def build_directory(with_cuda: bool) -> pathlib.Path:
-    """The persistent build folder for this torch build, CPU capability and flags."""
+    """The persistent build folder for this torch build, CPU and compile flags."""
     root = pathlib.Path(os.environ.get("CORRAL_CACHE_DIR", pathlib.Path.home() / ".cache/corral"))
     flags = " ".join(CXX_FLAGS + LD_FLAGS + (CUDA_FLAGS if with_cuda else []))
-    digest = hashlib.sha256(flags.encode()).hexdigest()[:10]
+    digest = hashlib.sha256((flags + _cpu_features()).encode()).hexdigest()[:10]
     variant = f"cu{torch.version.cuda}" if with_cuda else "cpu"
     capability = torch.backends.cpu.get_cpu_capability().lower()
     key = f"torch{torch.__version__.split('+')[0]}-{variant}-{capability}-{digest}"
