@@ -115,11 +115,14 @@ class ServingContext:
         prompt_token_ids: list[int],
         params: SamplingParams,
         on_output: Callable[[RequestOutput], Awaitable[None]] | None = None,
+        *,
+        prompt: str | None = None,
     ) -> RequestOutput:
         """Run one engine request to its end and return its final output.
 
-        ``on_output`` sees every snapshot (the last one included). The request counts
-        as aborted in the metrics unless its final snapshot arrived.
+        ``on_output`` sees every snapshot (the last one included). ``prompt`` is the
+        text the ids came from, for the engine's request log. The request counts as
+        aborted in the metrics unless its final snapshot arrived.
 
         Raises:
             APIError: 400 when the engine refused the request.
@@ -129,7 +132,7 @@ class ServingContext:
         final: RequestOutput | None = None
         try:
             stream = self.engine.generate(
-                None, params, request_id, prompt_token_ids=prompt_token_ids
+                prompt, params, request_id, prompt_token_ids=prompt_token_ids
             )
             async with stream:
                 async for output in stream:

@@ -82,7 +82,7 @@ def _logprobs(
 
 def _prepare(
     ctx: ServingContext, request: ChatCompletionRequest
-) -> tuple[list[int], SamplingParams]:
+) -> tuple[str, list[int], SamplingParams]:
     text = render_chat(ctx, request.messages, request.add_generation_prompt)
     token_ids = ctx.encode(text, add_special_tokens=False)
     max_tokens = ctx.max_tokens(request.requested_max_tokens, len(token_ids))
@@ -92,7 +92,7 @@ def _prepare(
         )
     except ValueError as exc:
         raise bad_request(exc) from exc
-    return token_ids, params
+    return text, token_ids, params
 
 
 async def create_chat_completion(
@@ -103,15 +103,17 @@ async def create_chat_completion(
     ctx.check_alive()
     if request.stream and request.best_of not in (None, request.n):
         raise APIError(400, "best_of: streaming needs best_of equal to n", "best_of")
-    token_ids, params = _prepare(ctx, request)
+    text, token_ids, params = _prepare(ctx, request)
     request_id = random_id("chatcmpl")
     created = int(time.time())
     if request.stream:
         return EventStreamResponse(
-            lambda emit: _stream(ctx, request, token_ids, params, request_id, created, model, emit)
+            lambda emit: _stream(
+                ctx, request, text, token_ids, params, request_id, created, model, emit
+            )
         )
     final = await unless_disconnected(
-        receive, lambda: ctx.run_request(request_id, token_ids, params)
+        receive, lambda: ctx.run_request(request_id, token_ids, params, prompt=text)
     )
     if final is None:
         return Response(status_code=499)  # the client left; nobody reads this
@@ -146,6 +148,7 @@ async def create_chat_completion(
 async def _stream(
     ctx: ServingContext,
     request: ChatCompletionRequest,
+    prompt: str,
     token_ids: list[int],
     params: SamplingParams,
     request_id: str,
@@ -194,7 +197,7 @@ async def _stream(
             await emit(chunk([choice]))
 
     try:
-        final = await ctx.run_request(request_id, token_ids, params, on_output)
+        final = await ctx.run_request(request_id, token_ids, params, on_output, prompt=prompt)
     except APIError as exc:
         await emit(error_body(exc.status, exc.message, exc.param))
         return

@@ -151,7 +151,9 @@ async def create_completion(
 
     def job(p: int, prompt: _Prompt) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
-            finals[p] = await ctx.run_request(f"{request_id}-{p}", prompt.token_ids, prompt.params)
+            finals[p] = await ctx.run_request(
+                f"{request_id}-{p}", prompt.token_ids, prompt.params, prompt=prompt.text
+            )
 
         return run
 
@@ -226,7 +228,7 @@ async def _stream(
                 await emit(chunk(choice))
 
         final = await ctx.run_request(
-            f"{request_id}-{p}", prompt.token_ids, prompt.params, on_output
+            f"{request_id}-{p}", prompt.token_ids, prompt.params, on_output, prompt=prompt.text
         )
         usage.prompt_tokens += len(final.prompt_token_ids)
         usage.completion_tokens += sum(len(c.token_ids) for c in final.outputs)
