@@ -38,14 +38,12 @@ at::Tensor checked_mapping(const at::Tensor& block_mapping, const char* op,
   for (int64_t i = 0; i < mapping.size(0); ++i) {
     const int64_t src = pairs[2 * i];
     const int64_t dst = pairs[2 * i + 1];
-    TORCH_CHECK(src >= 0 && src < src_blocks, op, ": block_mapping[", i,
-                "] source block ", src, " is out of range for ", src_blocks,
-                " blocks");
-    TORCH_CHECK(dst >= 0 && dst < dst_blocks, op, ": block_mapping[", i,
-                "] destination block ", dst, " is out of range for ", dst_blocks,
-                " blocks");
-    TORCH_CHECK(destinations.insert(dst).second, op, ": block_mapping[", i,
-                "] writes block ", dst, " a second time");
+    TORCH_CHECK(src >= 0 && src < src_blocks, op, ": block_mapping[", i, "][0] = ", src,
+                " is out of range for a source cache with ", src_blocks, " blocks");
+    TORCH_CHECK(dst >= 0 && dst < dst_blocks, op, ": block_mapping[", i, "][1] = ", dst,
+                " is out of range for a destination cache with ", dst_blocks, " blocks");
+    TORCH_CHECK(destinations.insert(dst).second, op, ": block_mapping writes block ", dst,
+                " twice");
     sources.insert(src);
   }
   if (forbid_chains) {
@@ -61,7 +59,8 @@ bool is_cache_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
 }
 
-constexpr const char* kCopyOp = "corral::copy_blocks (CUDA)";
+// Op names lead the messages, as in the CPU kernels'.
+constexpr const char* kCopyOp = "copy_blocks";
 
 void copy_blocks(at::TensorList key_caches, at::TensorList value_caches,
                  const at::Tensor& block_mapping) {
@@ -126,7 +125,7 @@ void copy_blocks(at::TensorList key_caches, at::TensorList value_caches,
                                     stream));
 }
 
-constexpr const char* kSwapOp = "corral::swap_blocks (CUDA)";
+constexpr const char* kSwapOp = "swap_blocks";
 
 // With a pinned host side the copies are asynchronous on the current stream:
 // synchronise before reading a host destination or reusing a host source. With

@@ -6,9 +6,20 @@
 
 #include <ATen/ATen.h>
 
-#include <string>
 
 namespace corral::cuda {
+
+// The names users know the index dtypes by.
+inline const char* index_dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kInt:
+      return "int32";
+    case at::kLong:
+      return "int64";
+    default:
+      return c10::toString(dtype);
+  }
+}
 
 // Checks the placement and type of an index tensor and returns a contiguous
 // CPU copy of it to validate.
@@ -16,7 +27,7 @@ inline at::Tensor index_on_host(const at::Tensor& index, const char* op,
                                 const char* name, at::ScalarType dtype,
                                 const at::Device& device) {
   TORCH_CHECK(index.scalar_type() == dtype, op, ": ", name, " must be ",
-              c10::toString(dtype), ", got ", index.scalar_type());
+              index_dtype_name(dtype), ", got ", index_dtype_name(index.scalar_type()));
   TORCH_CHECK(index.device().is_cpu() || index.device() == device, op, ": ", name,
               " must be on the CPU or on ", device, ", got ", index.device());
   return index.to(at::kCPU).contiguous();

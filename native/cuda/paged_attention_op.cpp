@@ -17,7 +17,9 @@
 namespace corral::cuda {
 namespace {
 
-constexpr const char* kOp = "corral::paged_attention (CUDA)";
+// Messages start with the op's name, as the CPU kernel's do, so that one set of
+// bad-input tests holds both backends to the same wording.
+constexpr const char* kOp = "paged_attention";
 
 void check_16_byte_aligned(const at::Tensor& t, const char* name) {
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, kOp, ": ",
@@ -30,9 +32,9 @@ void check_cache(const at::Tensor& cache, const at::Tensor& query,
   TORCH_CHECK(cache.device() == query.device(), kOp, ": ", name,
               " must be on the query's device ", query.device(), ", got ",
               cache.device());
-  TORCH_CHECK(cache.scalar_type() == query.scalar_type(), kOp, ": ", name,
-              " dtype ", cache.scalar_type(), " differs from query dtype ",
-              query.scalar_type());
+  TORCH_CHECK(cache.scalar_type() == query.scalar_type(), kOp,
+              ": query, key_cache and value_cache must share one dtype; ", name, " is ",
+              cache.scalar_type(), ", query is ", query.scalar_type());
   TORCH_CHECK(cache.dim() == 4, kOp, ": ", name,
               " must be [num_blocks, block_size, num_kv_heads, head_size], got ",
               cache.sizes());
@@ -64,7 +66,7 @@ BatchShape validate_indices(const at::Tensor& query_start_loc,
   TORCH_CHECK(starts[0] == 0, kOp, ": query_start_loc[0] must be 0, got ",
               starts[0]);
   TORCH_CHECK(starts[num_seqs] == num_tokens, kOp, ": query_start_loc[-1] = ",
-              starts[num_seqs], " but query has ", num_tokens, " tokens");
+              starts[num_seqs], " but num_tokens = ", num_tokens);
   BatchShape shape;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const int64_t q_len = int64_t(starts[s + 1]) - starts[s];
@@ -72,10 +74,10 @@ BatchShape validate_indices(const at::Tensor& query_start_loc,
     TORCH_CHECK(q_len >= 0, kOp, ": query_start_loc must not decrease (sequence ",
                 s, ")");
     TORCH_CHECK(seq_len >= q_len, kOp, ": seq_lens[", s, "] = ", seq_len,
-                " is shorter than its ", q_len, " query tokens");
-    TORCH_CHECK(seq_len <= max_blocks * block_size, kOp, ": seq_lens[", s,
-                "] = ", seq_len, " needs more than the ", max_blocks,
-                " blocks of block_tables");
+                " is below the sequence's query length ", q_len);
+    TORCH_CHECK(seq_len <= max_blocks * block_size, kOp, ": seq_lens[", s, "] = ", seq_len,
+                " needs more than the ", max_blocks, " blocks of size ", block_size,
+                " a block_tables row holds");
     if (q_len == 0) {
       continue;
     }
@@ -84,9 +86,9 @@ BatchShape validate_indices(const at::Tensor& query_start_loc,
         sliding_window > 0 ? std::max<int64_t>(0, first_pos - sliding_window + 1) : 0;
     for (int64_t b = first_key / block_size; b <= (seq_len - 1) / block_size; ++b) {
       const int32_t block = table[s * max_blocks + b];
-      TORCH_CHECK(block >= 0 && block < num_blocks, kOp, ": block_tables[", s,
-                  ", ", b, "] = ", block, " is out of range for a cache of ",
-                  num_blocks, " blocks");
+      TORCH_CHECK(block >= 0 && block < num_blocks, kOp, ": block_tables[", s, "][", b,
+                  "] = ", block, " is out of range for a cache of ", num_blocks,
+                  " blocks");
     }
     if (q_len == 1) {
       shape.has_decode = true;
@@ -139,19 +141,20 @@ void paged_attention(at::Tensor& out, const at::Tensor& query,
               ": query must be [num_tokens, num_heads, head_size], got ",
               query.sizes());
   TORCH_CHECK(query.is_contiguous(), kOp, ": query must be contiguous");
+  const at::ScalarType dtype = query.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, kOp,
+              ": query dtype ", dtype, " is not supported (float32, float16, bfloat16)");
   check_16_byte_aligned(query, "query");
-  TORCH_CHECK(out.device() == query.device() &&
-                  out.scalar_type() == query.scalar_type() &&
-                  out.sizes() == query.sizes(),
-              kOp, ": out must match query in device, dtype and shape; got ",
-              out.device(), " ", out.scalar_type(), " ", out.sizes(), " vs ",
-              query.device(), " ", query.scalar_type(), " ", query.sizes());
+  TORCH_CHECK(out.device() == query.device() && out.scalar_type() == dtype, kOp,
+              ": out must be on query's device with query's dtype; got ", out.device(),
+              " ", out.scalar_type(), " vs ", query.device(), " ", dtype);
+  TORCH_CHECK(out.sizes() == query.sizes(), kOp, ": out shape ", out.sizes(),
+              " differs from query shape ", query.sizes());
   TORCH_CHECK(out.is_contiguous(), kOp, ": out must be contiguous");
   check_cache(key_cache, query, "key_cache");
   check_cache(value_cache, query, "value_cache");
-  TORCH_CHECK(key_cache.sizes() == value_cache.sizes(), kOp,
-              ": key_cache ", key_cache.sizes(), " and value_cache ",
-              value_cache.sizes(), " differ in shape");
+  TORCH_CHECK(key_cache.sizes() == value_cache.sizes(), kOp, ": value_cache shape ",
+              value_cache.sizes(), " differs from key_cache shape ", key_cache.sizes());
 
   const int64_t num_tokens = query.size(0);
   const int64_t num_heads = query.size(1);
@@ -161,6 +164,10 @@ void paged_attention(at::Tensor& out, const at::Tensor& query,
   const int64_t num_kv_heads = key_cache.size(2);
   TORCH_CHECK(key_cache.size(3) == head_size, kOp, ": cache head size ",
               key_cache.size(3), " differs from query head size ", head_size);
+  TORCH_CHECK(head_size == 64 || head_size == 80 || head_size == 96 || head_size == 128 ||
+                  head_size == 256,
+              kOp, ": head_size must be one of 64, 80, 96, 128, 256 on CUDA, got ",
+              head_size);
   TORCH_CHECK(block_size == 8 || block_size == 16 || block_size == 32, kOp,
               ": unsupported block size ", block_size, " (supported: 8, 16, 32)");
   TORCH_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, kOp,

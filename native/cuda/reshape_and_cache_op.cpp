@@ -12,7 +12,8 @@
 namespace corral::cuda {
 namespace {
 
-constexpr const char* kOp = "corral::reshape_and_cache (CUDA)";
+// Named like the CPU kernel's messages; see paged_attention_op.cpp.
+constexpr const char* kOp = "reshape_and_cache";
 
 bool aligned_to(const at::Tensor& t, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
@@ -21,12 +22,13 @@ bool aligned_to(const at::Tensor& t, int64_t bytes) {
 void check_source(const at::Tensor& src, const at::Tensor& cache, const char* name) {
   TORCH_CHECK(src.device() == cache.device(), kOp, ": ", name, " is on ",
               src.device(), " but the cache is on ", cache.device());
-  TORCH_CHECK(src.scalar_type() == cache.scalar_type(), kOp, ": ", name, " dtype ",
-              src.scalar_type(), " differs from cache dtype ", cache.scalar_type());
+  TORCH_CHECK(src.scalar_type() == cache.scalar_type(), kOp,
+              ": key, value and the caches must share one dtype; ", name, " is ",
+              src.scalar_type(), ", the caches are ", cache.scalar_type());
   TORCH_CHECK(src.dim() == 3 && src.size(1) == cache.size(2) &&
                   src.size(2) == cache.size(3),
-              kOp, ": ", name, " must be [num_tokens, ", cache.size(2), ", ",
-              cache.size(3), "], got ", src.sizes());
+              kOp, ": ", name, " must be [num_tokens, kv heads = ", cache.size(2),
+              ", head_size = ", cache.size(3), "], got ", src.sizes());
   // Strides of size-1 dimensions carry no meaning and are not checked.
   TORCH_CHECK((src.stride(2) == 1 || src.size(2) == 1) &&
                   (src.stride(1) == src.size(2) || src.size(1) == 1),
@@ -55,9 +57,9 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value,
               ": unsupported cache dtype ", dtype,
               " (supported: float32, float16, bfloat16)");
   check_source(key, key_cache, "key");
+  TORCH_CHECK(value.sizes() == key.sizes(), kOp, ": value shape ", value.sizes(),
+              " differs from key shape ", key.sizes());
   check_source(value, key_cache, "value");
-  TORCH_CHECK(key.size(0) == value.size(0), kOp, ": key has ", key.size(0),
-              " tokens but value has ", value.size(0));
 
   const int64_t num_tokens = key.size(0);
   const int64_t num_slots = key_cache.size(0) * key_cache.size(1);
