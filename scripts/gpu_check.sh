@@ -5,7 +5,7 @@
 # Needs torch (CUDA build), hypothesis, pytest and attrs; installs nothing and
 # needs no network. corral is used from the checkout (PYTHONPATH=src), so the
 # loader finds native/ next to src/. Every step runs under `timeout`; the whole
-# script stays within about 8 minutes.
+# script stays under 8 minutes.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,10 +22,16 @@ timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 timeout 60 python -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name())'
 
 step "build (python -m corral.ops.build)"
-timeout 300 python -m corral.ops.build
+timeout 200 python -m corral.ops.build
 
+# test_cuda_ops.py, plus the CUDA cases of the op tests shared with the CPU
+# kernels (their device parameter is "cuda").
+# A test failure still lets the benchmark run; the script then exits non-zero.
+status=0
 step "CUDA op tests"
-timeout 240 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py
+timeout 180 python -m pytest -q -p no:cacheprovider tests/ops -k cuda || status=$?
 
 step "kernel benchmark"
-timeout 120 python benchmarks/kernels.py --device cuda --dtype bfloat16
+timeout 90 python benchmarks/kernels.py --device cuda --dtype bfloat16 || status=$?
+
+exit "$status"
