@@ -183,7 +183,9 @@ def block_mappings(draw: st.DrawFn, src_blocks: int, dst_blocks: int, disjoint: 
     return list(zip(srcs, dsts, strict=True))
 
 
-def random_cache(num_blocks: int, device: str, dtype: torch.dtype, pin: bool = False):
+def random_cache(
+    num_blocks: int, device: str, dtype: torch.dtype, pin: bool = False
+) -> torch.Tensor:
     cache = torch.randn(num_blocks, 16, 2, 64).to(dtype)
     if device == "cpu":
         return cache.pin_memory() if pin else cache
@@ -298,7 +300,7 @@ def test_out_of_range_block_id_raises_and_device_stays_usable(index_device: str)
         ("value_cache", lambda b: b.value_cache[:, :, :1].contiguous(), "value_cache shape"),
         ("key_cache", lambda b: b.key_cache.transpose(1, 2), "contiguous"),
         ("seq_lens", lambda b: b.seq_lens.long(), "seq_lens must be int32, got int64"),
-        ("seq_lens", lambda b: b.seq_lens + 10_000, "blocks of block_tables"),
+        ("seq_lens", lambda b: b.seq_lens + 10_000, "blocks of size 16"),
         ("query_start_loc", lambda b: b.query_start_loc[:-1], "query_start_loc"),
         ("block_tables", lambda b: b.block_tables[:1], "num_seqs"),
     ],
