@@ -20,7 +20,7 @@ namespace corral::cpu {
 
 // Keys per chunk; rows per tile is kPrefillTileRows / group size query tokens.
 constexpr int64_t kPrefillKeyChunk = 128;
-constexpr int64_t kPrefillTileRows = 128;
+constexpr int64_t kPrefillTileRows = 256;
 
 // Row-major C[m, n] (= or +=) A[m, k] * op(B) with B[n, k] (transposed) or B[k, n].
 inline void gemm_rowmajor(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a,
