@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 
 namespace corral::cuda {
 
@@ -21,16 +23,45 @@ inline const char* index_dtype_name(at::ScalarType dtype) {
   }
 }
 
-// Checks the placement and type of an index tensor and returns a contiguous
-// CPU copy of it to validate.
-inline at::Tensor index_on_host(const at::Tensor& index, const char* op,
-                                const char* name, at::ScalarType dtype,
-                                const at::Device& device) {
+// Checks the placement and type of an index tensor.
+inline void check_index(const at::Tensor& index, const char* op, const char* name,
+                        at::ScalarType dtype, const at::Device& device) {
   TORCH_CHECK(index.scalar_type() == dtype, op, ": ", name, " must be ",
               index_dtype_name(dtype), ", got ", index_dtype_name(index.scalar_type()));
   TORCH_CHECK(index.device().is_cpu() || index.device() == device, op, ": ", name,
               " must be on the CPU or on ", device, ", got ", index.device());
+}
+
+// Checks an index tensor and returns a contiguous CPU copy of it to validate.
+inline at::Tensor index_on_host(const at::Tensor& index, const char* op,
+                                const char* name, at::ScalarType dtype,
+                                const at::Device& device) {
+  check_index(index, op, name, dtype, device);
   return index.to(at::kCPU).contiguous();
+}
+
+// Contiguous CPU copies of several checked index tensors of one dtype. Those on
+// the device come back in a single copy, since each copy is a synchronisation.
+inline std::vector<at::Tensor> indices_on_host(const std::vector<at::Tensor>& indices) {
+  std::vector<at::Tensor> on_device;
+  for (const at::Tensor& index : indices) {
+    if (!index.device().is_cpu()) {
+      on_device.push_back(index.reshape({-1}));
+    }
+  }
+  const at::Tensor fetched =
+      on_device.empty() ? at::Tensor() : at::cat(on_device).to(at::kCPU);
+  std::vector<at::Tensor> host;
+  int64_t offset = 0;
+  for (const at::Tensor& index : indices) {
+    if (index.device().is_cpu()) {
+      host.push_back(index.contiguous());
+    } else {
+      host.push_back(fetched.narrow(0, offset, index.numel()).view(index.sizes()));
+      offset += index.numel();
+    }
+  }
+  return host;
 }
 
 // The same index on the kernel's device, uploaded when the caller passed it on

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "attention.h"
 #include "dispatch.h"
@@ -180,11 +181,14 @@ void paged_attention(at::Tensor& out, const at::Tensor& query,
               ": too many cache blocks for int32 block tables");
 
   const at::Device device = query.device();
-  const at::Tensor starts_host =
-      index_on_host(query_start_loc, kOp, "query_start_loc", at::kInt, device);
-  const at::Tensor lens_host = index_on_host(seq_lens, kOp, "seq_lens", at::kInt, device);
-  const at::Tensor table_host =
-      index_on_host(block_tables, kOp, "block_tables", at::kInt, device);
+  check_index(query_start_loc, kOp, "query_start_loc", at::kInt, device);
+  check_index(seq_lens, kOp, "seq_lens", at::kInt, device);
+  check_index(block_tables, kOp, "block_tables", at::kInt, device);
+  const std::vector<at::Tensor> host =
+      indices_on_host({query_start_loc, seq_lens, block_tables});
+  const at::Tensor& starts_host = host[0];
+  const at::Tensor& lens_host = host[1];
+  const at::Tensor& table_host = host[2];
   TORCH_CHECK(lens_host.dim() == 1, kOp, ": seq_lens must be 1-D, got ",
               lens_host.sizes());
   const int64_t num_seqs = lens_host.size(0);
