@@ -26,7 +26,8 @@ struct StorageType<at::BFloat16> {
 };
 
 // Calls fn.template operator()<T, HEAD>() for the runtime dtype and head size;
-// the supported set is the one DESIGN.md promises.
+// the supported set is the one DESIGN.md promises. Callers check the arguments
+// first; the default branches catch a size admitted there without a kernel here.
 template <typename Fn>
 void dispatch_dtype_and_head(at::ScalarType dtype, int64_t head_size, Fn&& fn) {
   auto with_head = [&](auto type_tag) {
@@ -43,8 +44,8 @@ void dispatch_dtype_and_head(at::ScalarType dtype, int64_t head_size, Fn&& fn) {
       case 256:
         return fn.template operator()<T, 256>();
       default:
-        TORCH_CHECK(false, "corral CUDA paged_attention: unsupported head size ",
-                    head_size, " (supported: 64, 80, 96, 128, 256)");
+        TORCH_CHECK(false, "paged_attention: head_size must be one of 64, 80, 96, 128, "
+                    "256 on CUDA, got ", head_size);
     }
   };
   switch (dtype) {
@@ -55,8 +56,8 @@ void dispatch_dtype_and_head(at::ScalarType dtype, int64_t head_size, Fn&& fn) {
     case at::kBFloat16:
       return with_head(StorageType<at::BFloat16>{});
     default:
-      TORCH_CHECK(false, "corral CUDA paged_attention: unsupported dtype ", dtype,
-                  " (supported: float32, float16, bfloat16)");
+      TORCH_CHECK(false, "paged_attention: query dtype ", dtype,
+                  " is not supported (float32, float16, bfloat16)");
   }
 }
 
