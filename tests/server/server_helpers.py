@@ -101,18 +101,25 @@ class ServerProcess:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 240.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             try:
                 if httpx2.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
+                    break
             except httpx2.TransportError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout}s")
+        else:
+            raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
+        # One request before the tests: the first step loads (or builds) the native
+        # extension, which would otherwise land inside a test's timing.
+        warm_up = {"prompt": "warm up", "max_tokens": 1}
+        left = max(deadline - time.monotonic(), 1.0)
+        response = httpx2.post(f"{self.url}/v1/completions", json=warm_up, timeout=left)
+        response.raise_for_status()
 
     final_output = ""
 
@@ -123,7 +130,7 @@ class ServerProcess:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (unless it has exited already), wait, and return the exit code.
 
         The log stays readable in ``final_output``.
