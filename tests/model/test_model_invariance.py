@@ -18,6 +18,7 @@ from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 
 MODEL = "llama"
+WINDOWED = "mistral"
 MAX_TOKENS = 16
 
 
@@ -95,6 +96,21 @@ def test_chunked_prefill_matches_unchunked(
     llm = zoo.llm(MODEL, max_num_batched_tokens=budget, max_num_seqs=4, enable_prefix_caching=False)
     chunked = run(llm, requests[:6])
     assert_same(alone, chunked, [p for _, p in requests[:6]], f"chunks of {budget}")
+
+
+@pytest.mark.parametrize("budget", [8, 24])
+def test_chunked_prefill_with_a_sliding_window_matches_unchunked(
+    zoo: ModelZoo, budget: int
+) -> None:
+    # Chunks shorter than the 48-token window, so a chunk's queries see keys both in
+    # and beyond the window's reach across earlier chunks.
+    windowed = make_requests(zoo.llm(WINDOWED).model_config.vocab_size, 4, seed=8)
+    whole = run(zoo.llm(WINDOWED, enable_prefix_caching=False), windowed)
+    llm = zoo.llm(
+        WINDOWED, max_num_batched_tokens=budget, max_num_seqs=4, enable_prefix_caching=False
+    )
+    chunked = run(llm, windowed)
+    assert_same(whole, chunked, [p for _, p in windowed], f"windowed chunks of {budget}")
 
 
 def test_prefix_cache_hits_do_not_change_outputs(zoo: ModelZoo) -> None:
