@@ -5,11 +5,11 @@
 // paged_attention.cpp either normalises or merges with other partitions.
 #pragma once
 
+#include "row_kernels.h"
 #include "vec_math.h"
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 namespace corral::cpu {
 
@@ -39,86 +39,6 @@ struct PartialState {
   float* acc;  // [rows, head_size]
 };
 
-// scores[g] = dot(q[g], k) for NG rows at once, so k is read once per group.
-template <int NG, typename T>
-inline void dot_rows(const float* q, int64_t head_size, const T* k, float* scores,
-                     int64_t score_stride) {
-  fVec sums[NG];
-  for (int g = 0; g < NG; ++g) {
-    sums[g] = fVec(0.0f);
-  }
-  for (int64_t d = 0; d < head_size; d += kVec) {
-    const fVec kv = load_f32(k + d);
-    for (int g = 0; g < NG; ++g) {
-      sums[g] = fmadd(fVec::loadu(q + g * head_size + d), kv, sums[g]);
-    }
-  }
-  for (int g = 0; g < NG; ++g) {
-    scores[g * score_stride] = sums[g].reduce_add();
-  }
-}
-
-// acc[g] += p[g * p_stride] * v for NG rows at once, so v is read (and converted)
-// once per group.
-template <int NG, typename T>
-inline void axpy_rows(float* acc, int64_t head_size, const float* p, int64_t p_stride,
-                      const T* v) {
-  fVec weights[NG];
-  for (int g = 0; g < NG; ++g) {
-    weights[g] = fVec(p[g * p_stride]);
-  }
-  for (int64_t d = 0; d < head_size; d += kVec) {
-    const fVec vv = load_f32(v + d);
-    for (int g = 0; g < NG; ++g) {
-      float* a = acc + g * head_size + d;
-      fmadd(weights[g], vv, fVec::loadu(a)).store(a);
-    }
-  }
-}
-
-// Runs `kernel(group size, first row)` over `rows` rows in groups of up to four,
-// so that every group size compiles to fully unrolled register code.
-template <typename Kernel>
-inline void for_row_groups(int64_t rows, Kernel&& kernel) {
-  int64_t g = 0;
-  for (; g + 4 <= rows; g += 4) {
-    kernel(std::integral_constant<int, 4>{}, g);
-  }
-  switch (rows - g) {
-    case 3:
-      kernel(std::integral_constant<int, 3>{}, g);
-      break;
-    case 2:
-      kernel(std::integral_constant<int, 2>{}, g);
-      break;
-    case 1:
-      kernel(std::integral_constant<int, 1>{}, g);
-      break;
-    default:
-      break;
-  }
-}
-
-// scores[g * score_stride] = dot(q[g], k) for `rows` query rows.
-template <typename T>
-inline void dot_group(const float* q, int64_t rows, int64_t head_size, const T* k,
-                      float* scores, int64_t score_stride) {
-  for_row_groups(rows, [&](auto ng, int64_t g) {
-    dot_rows<decltype(ng)::value>(q + g * head_size, head_size, k, scores + g * score_stride,
-                                  score_stride);
-  });
-}
-
-// acc[g] += p[g * p_stride] * v for `rows` rows.
-template <typename T>
-inline void axpy_group(float* acc, int64_t rows, int64_t head_size, const float* p,
-                       int64_t p_stride, const T* v) {
-  for_row_groups(rows, [&](auto ng, int64_t g) {
-    axpy_rows<decltype(ng)::value>(acc + g * head_size, head_size, p + g * p_stride, p_stride,
-                                   v);
-  });
-}
-
 // Attention of the query rows of `num_kv_heads` consecutive kv heads (starting at
 // view.head_offset), `group` rows each, over key positions [begin, end), all
 // visible to every row. `q` is [num_kv_heads * group, head_size] scaled float;
@@ -130,7 +50,7 @@ constexpr int64_t kDecodeChunk = 256;
 
 template <typename T>
 void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group,
-                   const float* q, int64_t begin, int64_t end, float* scores,
+                   const QueryRows<T>& q, int64_t begin, int64_t end, float* scores,
                    PartialState state) {
   const int64_t hs = view.head_size;
   const int64_t rows = num_kv_heads * group;
@@ -144,8 +64,8 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
     for (int64_t j = 0; j < n; ++j) {
       const T* k = view.key_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        dot_group(q + h * group * hs, group, hs, k + h * hs,
-                  scores + h * group * kDecodeChunk + j, kDecodeChunk);
+        score_group(q, h * group, group, hs, k + h * hs, scores + h * group * kDecodeChunk + j,
+                    kDecodeChunk);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {

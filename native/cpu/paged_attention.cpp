@@ -165,10 +165,11 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
       float* qf = scratch.data();
       float* scores = qf + rows * hs;
       cpu::convert_row(qf, q_base + head0, rows * hs, static_cast<float>(scale));
+      const cpu::QueryRows<T> q{qf, q_base + head0, static_cast<float>(scale)};
       if (t.partition < 0) {
         float* after = scores + rows * cpu::kDecodeChunk;
         cpu::PartialState st{after, after + rows, after + 2 * rows};
-        cpu::decode_attend(view, t.num_kv_heads, g, qf, t.first, t.last, scores, st);
+        cpu::decode_attend(view, t.num_kv_heads, g, q, t.first, t.last, scores, st);
         for (int64_t r = 0; r < rows; ++r) {
           cpu::store_row(out_base + head0 + r * hs, st.acc + r * hs, hs, 1.0f / st.sum[r]);
         }
@@ -176,7 +177,7 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
         cpu::PartialState st{partial_max.data() + t.partition * drows,
                              partial_sum.data() + t.partition * drows,
                              partial_acc.data() + t.partition * drows * hs};
-        cpu::decode_attend(view, t.num_kv_heads, g, qf, t.first, t.last, scores, st);
+        cpu::decode_attend(view, t.num_kv_heads, g, q, t.first, t.last, scores, st);
       }
     }
   });
