@@ -1,7 +1,7 @@
 """``corral serve``: hypercorn serving the app, next to the engine, in one task tree.
 
-Structure. The engine is opened with `open_engine` and hypercorn's ``serve`` runs
-inside its block, in a task group that also watches for SIGINT/SIGTERM. We do not
+Structure. A task group watches for SIGINT/SIGTERM; inside it the engine is opened
+with `open_engine`, and hypercorn's ``serve`` runs inside the engine's block. We do not
 open the engine in FastAPI's lifespan: hypercorn runs the lifespan protocol in a
 task of its own and cancels it at shutdown, after the connections are gone, so
 the engine's task group would be owned by a task the app does not control, and a
@@ -22,6 +22,7 @@ import logging
 import signal
 
 import anyio
+import anyio.abc
 import attrs
 import sniffio
 from hypercorn.config import Config
@@ -32,8 +33,8 @@ from corral.entrypoints.openai_server import DEFAULT_MAX_BODY_SIZE, build_app, m
 
 logger = logging.getLogger(__name__)
 
-Loop = str
 LOOPS = ("asyncio", "trio")
+"""Event loops ``corral serve`` runs on (``--loop``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +54,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    loop: Loop = "asyncio"
+    loop: str = "asyncio"
     served_model_names: tuple[str, ...] = ()
     shutdown_timeout: float = 30.0
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
@@ -92,46 +93,48 @@ async def _hypercorn_serve(app: object, config: Config, shutdown: anyio.Event) -
         await asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
 
 
-async def _watch_signals(shutdown: anyio.Event, scope: anyio.CancelScope, timeout: float) -> None:
+async def _watch_signals(
+    shutdown: anyio.Event,
+    scope: anyio.CancelScope,
+    timeout: float,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
+            name = signal.Signals(signum).name
             if shutdown.is_set():
-                logger.warning(
-                    "second %s: aborting in-flight requests now", signal.Signals(signum).name
-                )
+                logger.warning("second %s: aborting in-flight requests now", name)
                 scope.cancel()
                 return
-            logger.info(
-                "%s: shutting down (in-flight requests get up to %ss)",
-                signal.Signals(signum).name,
-                timeout,
-            )
+            logger.info("%s: shutting down (in-flight requests get up to %ss)", name, timeout)
             shutdown.set()
 
 
 async def serve(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
-    """Open the engine and serve the API until SIGINT or SIGTERM (see the module docstring)."""
-    async with open_engine(engine_args) as engine:
-        ctx = await make_context(
-            engine,
-            model_path=engine_args.model,
-            served_model_names=list(settings.served_model_names) or None,
-        )
-        app = build_app(ctx, api_key=settings.api_key, max_body_size=settings.max_body_size)
-        shutdown = anyio.Event()
-        config = _hypercorn_config(settings)
-        async with anyio.create_task_group() as tg:
+    """Open the engine and serve the API until SIGINT or SIGTERM (see the module docstring).
 
-            async def http() -> None:
-                # In a task of its own: hypercorn's asyncio serve returns with a
-                # cancellation request still counted on its task (Python 3.11), which
-                # would turn the task group's exit into a CancelledError if this ran
-                # in the host task.
-                await _hypercorn_serve(app, config, shutdown)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(_watch_signals, shutdown, tg.cancel_scope, settings.shutdown_timeout)
-            tg.start_soon(http)
+    The signal handlers are in place before the model loads: a signal during loading
+    makes the server stop as soon as loading ends, a second one cancels at once.
+    """
+    shutdown = anyio.Event()
+    config = _hypercorn_config(settings)
+    async with anyio.create_task_group() as tg:
+        await tg.start(_watch_signals, shutdown, tg.cancel_scope, settings.shutdown_timeout)
+        async with open_engine(engine_args) as engine:
+            ctx = await make_context(
+                engine,
+                model_path=engine_args.model,
+                served_model_names=list(settings.served_model_names) or None,
+            )
+            app = build_app(ctx, api_key=settings.api_key, max_body_size=settings.max_body_size)
+            # In a task of its own: hypercorn's asyncio serve returns with a cancellation
+            # request still counted on its task (Python 3.11), which would turn the
+            # exit of an enclosing task group into a CancelledError in the host task.
+            async with anyio.create_task_group() as http:
+                http.start_soon(_hypercorn_serve, app, config, shutdown)
+        tg.cancel_scope.cancel()
     logger.info("server stopped")
 
 
