@@ -17,13 +17,14 @@ request generates exactly its drawn output length: corral gets vLLM's
 ``ignore_eos``; ``transformers serve`` gets a per-request generation config with no
 EOS token.
 
-With ``--launch`` the script starts each server itself (a subprocess on a free port
-of 127.0.0.1 over the same model folder, same thread count), runs every rate
-against it, and stops it, so corral and its peer are measured in the same run with
-the same arrivals::
+With ``--launch`` the script starts the servers itself (subprocesses on free ports
+of 127.0.0.1 over the same model folder, same thread count), a fresh warmed-up one
+per rate and server, rate by rate, so corral and its peer are measured in the same
+run with the same arrivals, minutes apart::
 
-    python benchmarks/serving.py --launch corral transformers --num-requests 100 \\
-        --rates 0.5 1 2 --out docs/serving_results.json --plot docs/serving_latency.png
+    python benchmarks/serving.py --launch corral transformers --threads 1 \\
+        --num-requests 50 --rates 0.1 0.2 0.3 0.4 \\
+        --out docs/serving_results.json --plot docs/serving_latency.png
 
 or against a server already running::
 
@@ -32,7 +33,7 @@ or against a server already running::
 ``--make-model DIR`` saves the benchmark model (a Llama with vocab 32000, hidden
 512, intermediate 1408, 8 layers, 8 heads, 4 KV heads, float32, random weights from
 a fixed seed) and its tokenizer in DIR. ``--quick`` shrinks model and workload to a
-smoke run of a few seconds.
+smoke run (8 requests at one rate against a 2-layer model).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def make_model(folder: Path, *, tiny: bool = False, seed: int = 0) -> None:
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=2,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
     transformers.LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
@@ -429,38 +430,93 @@ def launched(command: list[str], threads: int, ready_timeout: float) -> Iterator
         log.close()
 
 
-def warm_up(base_url: str, backend: str, model: str) -> None:
-    """One short request, so that lazy initialisation (transformers builds its
-    continuous batching manager on the first request) is not charged to a rate."""
-    request = Request(" ".join(f"w{FIRST_WORD_ID + i}" for i in range(16)), 16, 4)
+def warm_up(base_url: str, backend: str, model: str, prompt_len: int) -> None:
+    """Two concurrent requests with the longest prompt, so that lazy initialisation
+    (transformers builds its continuous batching manager on the first request; first
+    use of the large prefill shapes) is not charged to the first rate."""
+    request = Request(" ".join(f"w{FIRST_WORD_ID + i}" for i in range(prompt_len)), prompt_len, 8)
+    body = request_body(backend, model, request)
 
-    async def go() -> Result:
-        async with httpx2.AsyncClient(timeout=300.0) as client:
-            body = request_body(backend, model, request)
-            return await send(client, f"{base_url}/v1/completions", body, request)
+    async def go() -> list[Result]:
+        results: list[Result] = [Result(), Result()]
 
-    result = anyio.run(go)
-    if not result.ok:
-        raise ServerUnavailable(f"warm-up request failed: {result.error}")
+        async def one(i: int) -> None:
+            results[i] = await send(client, f"{base_url}/v1/completions", body, request)
+
+        async with httpx2.AsyncClient(timeout=300.0) as client, anyio.create_task_group() as tg:
+            for i in range(len(results)):
+                tg.start_soon(one, i)
+        return results
+
+    for result in anyio.run(go):
+        if not result.ok:
+            raise ServerUnavailable(f"warm-up request failed: {result.error}")
 
 
-def bench_server(
-    base_url: str, backend: str, model: str, args: argparse.Namespace, requests: list[Request]
-) -> list[dict[str, Any]]:
-    """Every rate against one server, in order."""
-    warm_up(base_url, backend, model)
-    rows = []
+def bench_rate(
+    base_url: str,
+    backend: str,
+    model: str,
+    rate: float,
+    args: argparse.Namespace,
+    requests: list[Request],
+) -> dict[str, Any]:
+    """One rate against one server, with the machine's load average around it (the
+    box is shared: a busy neighbour shows up there)."""
+    load_before = os.getloadavg()[0]
+    results, duration = anyio.run(
+        lambda: run_rate(
+            base_url,
+            backend,
+            model,
+            requests,
+            rate,
+            burstiness=args.burstiness,
+            seed=args.seed,
+            max_duration=args.max_duration,
+        )
+    )
+    row = summarize(rate, results, duration)
+    row["loadavg_1min"] = [load_before, os.getloadavg()[0]]
+    print(f"[{backend}] {_row_line(row)}", file=sys.stderr, flush=True)
+    return row
+
+
+def bench_launched(
+    args: argparse.Namespace, model_path: Path, requests: list[Request]
+) -> dict[str, Any]:
+    """Every rate against every server of ``--launch``, rate by rate.
+
+    Each (rate, server) pair gets a fresh server, warmed up, so the servers of one
+    rate run minutes apart rather than a whole sweep apart: on a shared machine the
+    neighbours' load drifts, and this keeps the comparison at each rate fair. A
+    server that cannot start is recorded with the reason and skipped afterwards.
+    """
+    servers: dict[str, Any] = {}
+    for kind in args.launch:
+        command = server_command(kind, model_path, 0, args.max_model_len)
+        servers[kind] = {"status": "ok", "threads": args.threads, "rates": []}
+        servers[kind]["command"] = " ".join(command).replace("--port 0", "--port PORT")
     for rate in args.rates:
-        results, duration = anyio.run(
-            lambda rate=rate: run_rate(
-                base_url, backend, model, requests, rate,
-                burstiness=args.burstiness, seed=args.seed, max_duration=args.max_duration,
-            )
-        )  # fmt: skip
-        row = summarize(rate, results, duration)
-        rows.append(row)
-        print(f"[{backend}] {_row_line(row)}", file=sys.stderr, flush=True)
-    return rows
+        for kind in args.launch:
+            entry = servers[kind]
+            if entry["status"] != "ok":
+                continue
+            command = server_command(kind, model_path, free_port(), args.max_model_len)
+            try:
+                with launched(command, args.threads, ready_timeout=300.0) as server:
+                    warm_up(server.url, kind, str(model_path), args.prompt_len[1])
+                    entry["rates"].append(
+                        bench_rate(server.url, kind, str(model_path), rate, args, requests)
+                    )
+                    if kind == "transformers":
+                        # It falls back to one-at-a-time generate for models it cannot
+                        # batch; its request log says which path served us.
+                        entry["continuous_batching"] = "CB: True" in server.log_text()
+            except ServerUnavailable as exc:
+                entry.update(status="unavailable", reason=str(exc), rates=[])
+                print(f"[{kind}] could not run here: {exc}", file=sys.stderr)
+    return servers
 
 
 def _row_line(row: dict[str, Any]) -> str:
@@ -598,7 +654,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="OMP_NUM_THREADS of launched servers (default: all CPUs).")  # fmt: skip
     load = parser.add_argument_group("workload")
     load.add_argument("--rates", type=_rate, nargs="+", default=None,
-                      help="Request rates in req/s ('inf': all at once) (default: 1 2 4).")  # fmt: skip
+                      help="Request rates in req/s, 'inf' for all at once (default: 0.1 0.2 "
+                      "0.3 0.4, sized for a busy 2-core CPU; --quick: 4).")  # fmt: skip
     load.add_argument("--num-requests", type=int, default=None, help="Per rate (default: 200).")
     load.add_argument("--burstiness", type=float, default=1.0,
                       help="Gamma shape of the gaps; 1.0 is Poisson (default: 1.0).")  # fmt: skip
@@ -616,7 +673,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.base_url and not args.model:
         parser.error("--base-url needs --model")
     quick = args.quick
-    args.rates = args.rates or ([4.0, math.inf] if quick else [1.0, 2.0, 4.0])
+    args.rates = args.rates or ([4.0] if quick else [0.1, 0.2, 0.3, 0.4])
     args.num_requests = args.num_requests or (8 if quick else 200)
     args.prompt_len = (8, 32) if quick else (32, 512)
     args.output_len = (8, 16) if quick else (64, 256)
@@ -644,24 +701,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         requests = sample_requests(workload)
         servers: dict[str, Any] = {}
         if args.base_url:
-            rows = bench_server(args.base_url, args.backend, args.model, args, requests)
+            warm_up(args.base_url, args.backend, args.model, args.prompt_len[1])
+            rows = [
+                bench_rate(args.base_url, args.backend, args.model, rate, args, requests)
+                for rate in args.rates
+            ]
             servers[args.backend] = {"status": "ok", "base_url": args.base_url, "rates": rows}
-        for kind in args.launch or ():
-            command = server_command(kind, model_path, free_port(), args.max_model_len)
-            entry: dict[str, Any] = {"command": " ".join(command), "threads": args.threads}
-            try:
-                with launched(command, args.threads, ready_timeout=300.0) as server:
-                    entry["rates"] = bench_server(server.url, kind, str(model_path), args, requests)
-                    entry["status"] = "ok"
-                    if kind == "transformers":
-                        # It falls back to one-at-a-time generate for models it cannot
-                        # batch; its request log says which path served us.
-                        entry["continuous_batching"] = "CB: True" in server.log_text()
-            except ServerUnavailable as exc:
-                entry["status"] = "unavailable"
-                entry["reason"] = str(exc)
-                print(f"[{kind}] could not run here: {exc}", file=sys.stderr)
-            servers[kind] = entry
+        if args.launch:
+            servers.update(bench_launched(args, model_path, requests))
     result = {
         "benchmark": "serving",
         "method": "vLLM benchmark_serving: streamed /v1/completions, gamma arrivals",
