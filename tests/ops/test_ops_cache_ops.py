@@ -29,7 +29,7 @@ def random_cache(shape: dict, device: str, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(shape=small_caches, data=st.data())
 def test_reshape_and_cache_writes_each_token_to_its_slot_and_skips_negative_slots(
     device: str, shape: dict, data: st.DataObject

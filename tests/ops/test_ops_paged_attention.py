@@ -34,7 +34,7 @@ def many_threads() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=80)
+@settings(max_examples=60)
 @example(
     BatchSpec(
         seq_lens=(1,),
