@@ -13,7 +13,9 @@ import pytest
 from server_helpers import MAX_MODEL_LEN, SERVED_NAME, open_app
 
 from corral.engine import open_engine_from_core
+from corral.entrypoints.errors import APIError
 from corral.entrypoints.openai_server import build_app, make_context
+from corral.sampling_params import SamplingParams
 from corral.testing import FakeModelError, FakeModelRunner, make_fake_core
 
 pytestmark = pytest.mark.anyio
@@ -340,3 +342,27 @@ async def test_best_of_returns_the_n_best_samples(tiny_model: Path) -> None:
         assert result["usage"]["completion_tokens"] == 8
         streamed = await client.post("/v1/completions", json={**body, "stream": True})
         assert_error(streamed, 400, "best_of", "streaming needs best_of equal to n")
+
+
+async def test_engine_refusal_is_400_before_the_stream_starts(tiny_model: Path) -> None:
+    async with open_app(tiny_model) as (client, engine):
+        messages = [{"role": "user", "content": "hi"}]
+        body = {"messages": messages, "n": 1000, "max_tokens": 2, "stream": True}
+        response = await client.post("/v1/chat/completions", json=body)
+        assert_error(response, 400, "best_of", "exceeds max_num_seqs")
+        assert engine.stats().num_running == 0
+
+
+async def test_submit_all_aborts_the_submitted_when_one_is_refused(tiny_model: Path) -> None:
+    async with open_app(tiny_model) as (_, engine):
+        ctx = await make_context(engine, model_path=str(tiny_model))
+        params = SamplingParams(max_tokens=50, ignore_eos=True)
+        duplicate = [("same-id", [5, 6], params, None), ("same-id", [7, 8], params, None)]
+        with pytest.raises(APIError, match="already in use"):
+            ctx.submit_all(duplicate)
+        # The first one was aborted: its id is free again, before any await.
+        ctx.submit("same-id", [5, 6], params).close()
+        with anyio.fail_after(10):
+            while engine.stats().num_free_blocks != engine.stats().num_total_blocks:
+                await anyio.sleep(0.01)
+        assert engine.stats().num_generation_tokens < 50

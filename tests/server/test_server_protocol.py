@@ -114,6 +114,7 @@ def test_chat_max_completion_tokens_wins_over_max_tokens() -> None:
 def test_sampling_params_errors_name_their_field() -> None:
     assert field_of("top_p must be in (0, 1], got 7.0") == "top_p"
     assert field_of("prompt: must not be empty") == "prompt"
+    assert field_of("sampling_params.best_of=9 exceeds max_num_seqs=4") == "best_of"
     assert field_of("something else went wrong") is None
 
 

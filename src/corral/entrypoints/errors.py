@@ -28,9 +28,10 @@ _TYPES = {
     503: "ServiceUnavailableError",
 }
 
-# Validation messages of corral's value types and of the request models start with
-# the field's name ("top_p must be in (0, 1]", "prompt: must not be empty").
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)(?::| must )")
+# Validation messages of corral's value types, of the engine and of the request
+# models start with the field's name ("top_p must be in (0, 1]", "prompt: must not
+# be empty", "sampling_params.best_of=5 exceeds max_num_seqs=4").
+_FIELD_PREFIX = re.compile(r"^(?:sampling_params\.)?([A-Za-z_][A-Za-z0-9_.]*)(?::| must |=)")
 
 
 class APIError(Exception):

@@ -3,9 +3,11 @@ checks, running one engine request, and logprob formatting.
 
 A request's life in the server: its prompt is tokenized here (so that the context
 length check can answer 400 before the engine sees it), the engine runs it, and
-every snapshot goes to the handler. Leaving `run_request` early, by cancellation
-or an error, leaves the engine stream's ``async with`` and so aborts the engine
-request synchronously; its KV blocks are free after the engine's next step.
+every snapshot goes to the handler. Requests are submitted before the response
+starts (so that a refusal is still a plain 400), then consumed; leaving `consume`
+early, by cancellation or an error, leaves the engine stream's ``async with`` and
+so aborts the engine request synchronously; its KV blocks are free after the
+engine's next step.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from corral.engine import AsyncEngine
+from corral.engine import AsyncEngine, RequestStream
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.metrics import ServerMetrics
 from corral.entrypoints.sse import wait_disconnect
 from corral.errors import EngineDeadError
-from corral.outputs import Logprobs, RequestOutput
+from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 
 T = TypeVar("T")
@@ -109,31 +111,66 @@ class ServingContext:
             )
         return room if requested is None else requested
 
-    async def run_request(
+    def submit(
         self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        on_output: Callable[[RequestOutput], Awaitable[None]] | None = None,
         *,
         prompt: str | None = None,
-    ) -> RequestOutput:
-        """Run one engine request to its end and return its final output.
+    ) -> RequestStream:
+        """Hand one request to the engine; it runs from now on. ``prompt`` is the text
+        the ids came from, for the engine's request log.
 
-        ``on_output`` sees every snapshot (the last one included). ``prompt`` is the
-        text the ids came from, for the engine's request log. The request counts as
-        aborted in the metrics unless its final snapshot arrived.
+        The caller must end the returned stream (`consume` does, or ``close()``):
+        that is what aborts the request when its client goes away.
 
         Raises:
-            APIError: 400 when the engine refused the request.
-            EngineDeadError: the engine died (the server answers 503 from then on).
+            APIError: 400 when the engine refuses the request (e.g. ``best_of`` beyond
+                ``max_num_seqs``).
+            EngineDeadError: the engine died (answered 503).
         """
         self.check_alive()
-        final: RequestOutput | None = None
         try:
-            stream = self.engine.generate(
+            return self.engine.generate(
                 prompt, params, request_id, prompt_token_ids=prompt_token_ids
             )
+        except ValueError as exc:
+            raise bad_request(exc) from exc
+
+    def submit_all(
+        self, requests: Sequence[tuple[str, list[int], SamplingParams, str | None]]
+    ) -> list[RequestStream]:
+        """`submit` each ``(request_id, prompt_token_ids, params, prompt)``, all or none:
+        when one is refused, those already submitted are aborted before the error
+        propagates."""
+        streams: list[RequestStream] = []
+        try:
+            for request_id, token_ids, params, prompt in requests:
+                streams.append(self.submit(request_id, token_ids, params, prompt=prompt))
+        except BaseException:
+            for stream in streams:
+                stream.close()
+            raise
+        return streams
+
+    async def consume(
+        self,
+        stream: RequestStream,
+        on_output: Callable[[RequestOutput], Awaitable[None]] | None = None,
+    ) -> RequestOutput:
+        """Read a submitted request to its end and return its final output.
+
+        ``on_output`` sees every snapshot (the last one included). Leaving early (a
+        cancellation, an error) ends the stream, which aborts the request; it then
+        counts as aborted in the metrics.
+
+        Raises:
+            APIError: 400 when the engine core gave up on the request.
+            EngineDeadError: the engine died (answered 503).
+        """
+        final: RequestOutput | None = None
+        try:
             async with stream:
                 async for output in stream:
                     if on_output is not None:
@@ -147,27 +184,12 @@ class ServingContext:
                 self.metrics.observe_aborted()
         if final is None:
             raise RuntimeError(
-                f"request {request_id}: the engine stream ended without a final output"
+                f"request {stream.request_id}: the engine stream ended without a final output"
             )
         self.metrics.observe_finished(final)
         if final.error is not None:
             raise APIError(400, final.error, "prompt")
         return final
-
-
-def choose_logprobs(entry: Logprobs, count: int) -> list[tuple[int, float]]:
-    """The ``count`` most likely (token id, logprob) pairs of one position."""
-    return sorted(entry.items(), key=lambda item: item[1], reverse=True)[:count]
-
-
-def cumulative_text(parts: Sequence[str]) -> list[int]:
-    """Character offsets at which each part starts in their concatenation."""
-    offsets = []
-    position = 0
-    for part in parts:
-        offsets.append(position)
-        position += len(part)
-    return offsets
 
 
 async def run_all(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from corral.engine import RequestStream
 from corral.entrypoints.errors import APIError, bad_request, error_body
 from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage
 from corral.entrypoints.responses import (
@@ -106,15 +107,18 @@ async def create_chat_completion(
     text, token_ids, params = _prepare(ctx, request)
     request_id = random_id("chatcmpl")
     created = int(time.time())
+    stream = ctx.submit(request_id, token_ids, params, prompt=text)
     if request.stream:
         return EventStreamResponse(
             lambda emit: _stream(
-                ctx, request, text, token_ids, params, request_id, created, model, emit
-            )
+                ctx, request, stream, len(token_ids), request_id, created, model, emit
+            ),
+            stream.close,
         )
-    final = await unless_disconnected(
-        receive, lambda: ctx.run_request(request_id, token_ids, params, prompt=text)
-    )
+    try:
+        final = await unless_disconnected(receive, lambda: ctx.consume(stream))
+    finally:
+        stream.close()
     if final is None:
         return Response(status_code=499)  # the client left; nobody reads this
     choices = []
@@ -148,9 +152,8 @@ async def create_chat_completion(
 async def _stream(
     ctx: ServingContext,
     request: ChatCompletionRequest,
-    prompt: str,
-    token_ids: list[int],
-    params: SamplingParams,
+    stream: RequestStream,
+    num_prompt_tokens: int,
     request_id: str,
     created: int,
     model: str,
@@ -197,7 +200,7 @@ async def _stream(
             await emit(chunk([choice]))
 
     try:
-        final = await ctx.run_request(request_id, token_ids, params, on_output, prompt=prompt)
+        final = await ctx.consume(stream, on_output)
     except APIError as exc:
         await emit(error_body(exc.status, exc.message, exc.param))
         return
@@ -207,8 +210,8 @@ async def _stream(
     if request.include_usage:
         completion_tokens = sum(len(c.token_ids) for c in final.outputs)
         usage = UsageInfo(
-            prompt_tokens=len(token_ids),
+            prompt_tokens=num_prompt_tokens,
             completion_tokens=completion_tokens,
-            total_tokens=len(token_ids) + completion_tokens,
+            total_tokens=num_prompt_tokens + completion_tokens,
         )
         await emit(chunk([], usage))

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 from starlette.responses import JSONResponse, Response
 
+from corral.engine import RequestStream
 from corral.entrypoints.errors import APIError, bad_request, error_body
 from corral.entrypoints.protocol import CompletionRequest
 from corral.entrypoints.responses import (
@@ -143,22 +144,31 @@ async def create_completion(
     prompts = _prepare(ctx, request)
     request_id = random_id("cmpl")
     created = int(time.time())
+    streams = ctx.submit_all(
+        [(f"{request_id}-{p}", q.token_ids, q.params, q.text) for p, q in enumerate(prompts)]
+    )
+
+    def close_all() -> None:
+        for stream in streams:
+            stream.close()
+
     if request.stream:
         return EventStreamResponse(
-            lambda emit: _stream(ctx, request, prompts, request_id, created, model, emit)
+            lambda emit: _stream(ctx, request, prompts, streams, request_id, created, model, emit),
+            close_all,
         )
     finals: list[RequestOutput | None] = [None] * len(prompts)
 
-    def job(p: int, prompt: _Prompt) -> Callable[[], Awaitable[None]]:
+    def job(p: int) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
-            finals[p] = await ctx.run_request(
-                f"{request_id}-{p}", prompt.token_ids, prompt.params, prompt=prompt.text
-            )
+            finals[p] = await ctx.consume(streams[p])
 
         return run
 
-    jobs = [job(p, prompt) for p, prompt in enumerate(prompts)]
-    await unless_disconnected(receive, lambda: run_all(jobs))
+    try:
+        await unless_disconnected(receive, lambda: run_all([job(p) for p in range(len(prompts))]))
+    finally:
+        close_all()
     if None in finals:
         return Response(status_code=499)  # the client left; nobody reads this
     choices = []
@@ -180,6 +190,7 @@ async def _stream(
     ctx: ServingContext,
     request: CompletionRequest,
     prompts: list[_Prompt],
+    streams: list[RequestStream],
     request_id: str,
     created: int,
     model: str,
@@ -227,9 +238,7 @@ async def _stream(
                 )
                 await emit(chunk(choice))
 
-        final = await ctx.run_request(
-            f"{request_id}-{p}", prompt.token_ids, prompt.params, on_output, prompt=prompt.text
-        )
+        final = await ctx.consume(streams[p], on_output)
         usage.prompt_tokens += len(final.prompt_token_ids)
         usage.completion_tokens += sum(len(c.token_ids) for c in final.outputs)
 

@@ -44,9 +44,12 @@ class EventStreamResponse(Response):
     Args:
         producer: Called with ``emit``; each ``await emit(obj)`` sends one event
             with ``obj`` as JSON. ``data: [DONE]`` follows when it returns.
+        cleanup: Called (synchronously) when the response ends in any way, even
+            before the producer started: it ends the engine streams the handler
+            submitted, so that no request outlives its connection.
     """
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, cleanup: Callable[[], None]) -> None:
         # Not Response.__init__: it would declare a content-length for a body that
         # is not known yet.
         self.status_code = 200
@@ -57,8 +60,15 @@ class EventStreamResponse(Response):
             (b"x-accel-buffering", b"no"),
         ]
         self._producer = producer
+        self._cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._respond(receive, send)
+        finally:
+            self._cleanup()
+
+    async def _respond(self, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
