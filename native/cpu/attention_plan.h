@@ -3,9 +3,11 @@
 // A prefill task is one kv head of one sequence and a tile of its query tokens. A
 // decode task (q_len 1) is a run of kv heads of one sequence (all of them when the
 // batch is large, since the kernel then streams whole cache slots) over a range of
-// key positions. When a batch has fewer tasks than threads, decode tasks are
-// first narrowed to fewer kv heads, then their keys are split into partitions
-// whose partial softmax states are merged afterwards (split-K, flash-decoding).
+// key positions. When a batch has fewer tasks than twice the threads, the keys of
+// decode tasks are split into partitions whose partial softmax states are merged
+// afterwards (split-K, flash-decoding), and where contexts are too short for that,
+// tasks are narrowed to fewer kv heads. Since the split depends on the batch, a
+// sequence's decode output can differ in the last bits between batches.
 // Prefill tasks are ordered largest first, so that uneven causal tiles balance
 // across threads that take tasks from a shared counter.
 #pragma once
