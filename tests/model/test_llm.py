@@ -40,6 +40,21 @@ def test_text_prompts_are_tokenized_and_outputs_detokenized(llm: Any) -> None:
         assert completion.text == tokenizer.decode(completion.token_ids)
 
 
+def test_text_ending_inside_a_character_equals_full_decode(llm: Any) -> None:
+    # Random byte-level samples often stop between the bytes of one character; the
+    # bytes the detokenizer held back must still reach the final text.
+    tokenizer = llm.get_tokenizer()
+    params = [
+        SamplingParams(temperature=1.0, seed=seed, max_tokens=1 + seed % 7) for seed in range(24)
+    ]
+    outputs = llm.generate(
+        prompt_token_ids=[[3, 4, 5]] * len(params), sampling_params=params, use_tqdm=False
+    )
+    for output in outputs:
+        completion = output.outputs[0]
+        assert completion.text == tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+
+
 def test_single_prompt_and_single_id_list_are_accepted(llm: Any) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=3)
     by_text = llm.generate("hello", params, use_tqdm=False)

@@ -288,6 +288,10 @@ class EngineCore:
             seq.output_text += new_text
         check_stop(seq, token_id, new_text, self.eos_token_ids, self.config.max_model_len)
         if seq.finish_reason is not None:
+            # Bytes of an unfinished character held back by the detokenizer belong to
+            # the text unless a stop string cut it.
+            if self.detokenizer is not None and not isinstance(seq.stop_reason, str):
+                seq.output_text += self.detokenizer.flush(seq.detok_state)
             self.scheduler.remove(seq)
 
     @staticmethod

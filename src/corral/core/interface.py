@@ -143,3 +143,7 @@ class Detokenizer(Protocol):
     def decode_next(self, state: object, token_id: int) -> str:
         """Feed one generated token; return the text it completes (maybe "")."""
         ...
+
+    def flush(self, state: object) -> str:
+        """Text still held back once no token will follow (the sequence finished)."""
+        ...

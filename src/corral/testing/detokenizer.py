@@ -33,3 +33,7 @@ class FakeDetokenizer:
 
     def decode_next(self, state: object, token_id: int) -> str:
         return self.text(token_id, bool(state))
+
+    def flush(self, state: object) -> str:
+        # Every token decodes to whole characters at once: nothing is ever held back.
+        return ""
