@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import types
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from transformers import AutoTokenizer
 
 from corral.config import AsyncEngineArgs
 from corral.core.stats import EngineStats
 from corral.entrypoints.cli import _engine_args, benchmark_script, build_parser
 from corral.entrypoints.cli_args import field_docs
-from corral.entrypoints.errors import error_body, field_of
+from corral.entrypoints.errors import APIError, error_body, field_of
 from corral.entrypoints.metrics import ServerMetrics
-from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
+from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from corral.entrypoints.serving_chat import render_chat
 from corral.entrypoints.sse import format_event
 from corral.outputs import CompletionOutput, RequestMetrics, RequestOutput
 
@@ -224,3 +228,13 @@ def test_error_body_has_openai_shape() -> None:
     assert json.loads(json.dumps(body)) == {
         "error": {"message": "too big", "type": "RequestTooLargeError", "param": None, "code": 413}
     }
+
+
+def test_chat_template_refusal_is_a_400_on_messages(tiny_model: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = "{{ raise_exception('only user messages, please') }}"
+    ctx = types.SimpleNamespace(tokenizer=tokenizer)
+    messages = [ChatMessage(role="user", content="x")]
+    with pytest.raises(APIError, match="only user messages, please") as info:
+        render_chat(ctx, messages, add_generation_prompt=True)  # type: ignore[arg-type]
+    assert (info.value.status, info.value.param) == (400, "messages")

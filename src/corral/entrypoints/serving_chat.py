@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jinja2
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
@@ -51,7 +52,8 @@ def render_chat(
         text = ctx.tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=add_generation_prompt
         )
-    except Exception as exc:  # a template raising (jinja's raise_exception) rejects the input
+    except (jinja2.TemplateError, ValueError, TypeError) as exc:
+        # Templates reject conversations they do not support (jinja's raise_exception).
         raise APIError(
             400, f"messages: the chat template rejected them: {exc}", "messages"
         ) from exc
@@ -68,7 +70,7 @@ def _logprobs(
         content.append(
             TokenLogprob(
                 token=token,
-                logprob=entry.get(token_id, float("-inf")),
+                logprob=entry[token_id],
                 bytes=list(token.encode()),
                 top_logprobs=[
                     TopLogprob(
