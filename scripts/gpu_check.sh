@@ -31,6 +31,10 @@ status=0
 step "CUDA op tests"
 timeout 180 python -m pytest -q -p no:cacheprovider tests/ops -k cuda || status=$?
 
+# The model tests pick device="auto", so on this machine corral runs them on CUDA.
+step "model parity and invariance on the GPU"
+timeout 150 python -m pytest -q -p no:cacheprovider tests/model/test_model_parity.py tests/model/test_model_invariance.py || status=$?
+
 step "kernel benchmark"
 timeout 90 python benchmarks/kernels.py --device cuda --dtype bfloat16 || status=$?
 
