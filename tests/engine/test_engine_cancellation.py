@@ -115,15 +115,17 @@ async def test_unread_streams_do_not_grow() -> None:
 
 
 async def test_slow_consumer_sees_coalesced_snapshots_and_does_not_stall_others() -> None:
+    # Steps of 20 ms leave a fast consumer ample time to read each snapshot before
+    # the next one is stored, even on a loaded machine; the slow one reads every 100 ms.
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(step_delay=0.001), log_stats=False) as engine:
+        async with open_engine_from_core(fake_core(step_delay=0.02), log_stats=False) as engine:
             slow_lengths: list[int] = []
             fast_lengths: list[int] = []
 
             async def slow() -> None:
                 async for out in engine.generate(None, greedy(30), prompt_token_ids=[1, 2]):
                     slow_lengths.append(len(out.outputs[0].token_ids))
-                    await anyio.sleep(0.02)
+                    await anyio.sleep(0.1)
 
             async def fast() -> None:
                 async for out in engine.generate(None, greedy(30), prompt_token_ids=[3, 4]):
