@@ -68,8 +68,34 @@ ANIMALS: dict[str, tuple[str, str, str]] = {
     "pig": ("barn", "pears", "trotted"),
     "goat": ("barn", "turnips", "trotted"),
 }
-BOYS = ["Pip", "Tom", "Max", "Ben", "Leo", "Sam", "Finn", "Jack"]
-GIRLS = ["Lily", "Mia", "Sue", "Rosa", "Ella", "Nina", "Ruby", "Daisy"]
+# The cast is fixed: each animal is always the same character, so a name, its
+# species, its home and its pronoun always agree, in every story and answer.
+NAMES: dict[str, str] = {
+    "fox": "Pip",
+    "rabbit": "Lily",
+    "bear": "Ben",
+    "owl": "Ruby",
+    "mouse": "Max",
+    "duck": "Daisy",
+    "frog": "Finn",
+    "squirrel": "Sue",
+    "hedgehog": "Tom",
+    "turtle": "Mia",
+    "pig": "Sam",
+    "goat": "Rosa",
+}
+GIRLS = {"Lily", "Ruby", "Daisy", "Sue", "Mia", "Rosa"}
+# Best friends come in fixed pairs too: the friend who helps the hero is always the
+# same one, which keeps even greedy decoding from inventing a second hero.
+_PAIRS = [
+    ("fox", "duck"),
+    ("rabbit", "hedgehog"),
+    ("bear", "owl"),
+    ("mouse", "squirrel"),
+    ("frog", "turtle"),
+    ("pig", "goat"),
+]
+FRIENDS: dict[str, str] = {a: b for pair in _PAIRS for a, b in (pair, pair[::-1])}
 ADJECTIVES = ["little", "small", "brave", "kind", "shy", "happy", "curious", "sleepy", "clever"]
 PLACES = [
     "a green forest",
@@ -118,12 +144,12 @@ FEARS: dict[str, tuple[str, str, str]] = {
     "thunder": (
         "When a storm came, {N} shook and cried at every loud sound.",
         "{F} sat with {N} and they sang a song together until the storm was over.",
-        "Thunder is loud, but it cannot hurt me.",
+        "Thunder is loud, but it cannot hurt me!",
     ),
     "deep water": (
         "{N} never went near the river, because the water looked so deep.",
         "{F} showed {N} how to swim slowly near the shore, one little step at a time.",
-        "The water is not so scary when I go slowly.",
+        "The water is not so scary when I go slowly!",
     ),
 }
 # number found -> number given away: the sharing plot keeps its arithmetic right.
@@ -199,9 +225,9 @@ def make_story(rng: random.Random, animal: str | None = None, plot: str | None =
     """
     animal = animal or rng.choice(sorted(ANIMALS))
     plot = plot or rng.choice(PLOTS)
-    name = rng.choice(BOYS + GIRLS)
-    friend_animal = rng.choice([a for a in sorted(ANIMALS) if a != animal])
-    friend = rng.choice([n for n in BOYS + GIRLS if n != name])
+    name = NAMES[animal]
+    friend_animal = FRIENDS[animal]
+    friend = NAMES[friend_animal]
     home, food, move = ANIMALS[animal]
     s = {
         "N": name,
@@ -209,12 +235,12 @@ def make_story(rng: random.Random, animal: str | None = None, plot: str | None =
         "A": animal,
         "FA": friend_animal,
         "adj": rng.choice(ADJECTIVES),
-        "fadj": rng.choice(ADJECTIVES),
         "place": rng.choice(PLACES),
         "home": home,
         "food": food,
         "move": move,
-        "act": rng.choice(ACTIVITIES),
+        # A hero afraid of deep water does not swim in the river every day.
+        "act": rng.choice([a for a in ACTIVITIES if plot != "fear" or "swim" not in a]),
         **_pronouns(name),
     }
     opening = rng.choice(
@@ -243,14 +269,14 @@ def make_story(rng: random.Random, animal: str | None = None, plot: str | None =
             ),
             "{He} looked in the {home} and all around it, but the {item} was not there.",
             "{N} sat down and felt very sad.",
-            "Then a {fadj} {FA} named {F} came by.",
+            "Then {his} best friend, {F} the {FA}, came by.",
             '"Why are you sad?" asked {F}.',
             '"I lost my {color} {item}," said {N}.',
             '"Do not worry. I will help you," said {F}.',
             "Together they looked {search}.",
             "At last, {F} found the {color} {item} {spot}.",
             '{N} was so happy. "Thank you, {F}!" said {N}.',
-            "From that day on, {N} and {F} were best friends.",
+            "{N} and {F} played with the {item} until the sun went down.",
         ]
         qa += [
             ("What did {N} lose?", "{N} lost {his} {color} {item}."),
@@ -358,6 +384,9 @@ ANIMAL_FACTS = [
     ("Where does a {A} live?", "A {A} lives in a {home}."),
     ("What does a {A} like to eat?", "A {A} likes to eat {food}."),
     ("How does a {A} move?", "A {A} {move} from place to place."),
+    ("Who is {N}?", "{N} is a {A} who lives in a {home}."),
+    ("Who is the {A}?", "The {A} is called {N}."),
+    ("Who is {N}'s best friend?", "{N}'s best friend is {F} the {FA}."),
 ]
 
 
@@ -388,6 +417,7 @@ def make_chat(rng: random.Random) -> list[dict[str, str]]:
                 f"Tell me a story about {article} {animal}.",
                 f"Can you tell me a story about {article} {animal}?",
                 f"Tell me a story about {article} {animal} {_PLOT_REQUESTS[plot]}.",
+                f"Tell me a story about {article} {animal} {_PLOT_REQUESTS[plot]}.",
                 "Please tell me a story.",
             ]
         )
@@ -413,7 +443,8 @@ def make_chat(rng: random.Random) -> list[dict[str, str]]:
     else:
         animal = rng.choice(sorted(ANIMALS))
         home, food, move = ANIMALS[animal]
-        slots = {"A": animal, "home": home, "food": food, "move": move}
+        slots = {"A": animal, "N": NAMES[animal], "FA": FRIENDS[animal]}
+        slots |= {"F": NAMES[FRIENDS[animal]], "home": home, "food": food, "move": move}
         for q, a in rng.sample(ANIMAL_FACTS, rng.choice([1, 2])):
             messages += [
                 {"role": "user", "content": _fill(q, slots)},
@@ -490,7 +521,7 @@ def vocabulary() -> frozenset[str]:
     Returns:
         The set of words, lower-cased.
     """
-    tables: list[Any] = [ANIMALS, BOYS, GIRLS, ADJECTIVES, PLACES, ACTIVITIES, COLORS, ITEMS]
+    tables: list[Any] = [ANIMALS, NAMES, FRIENDS, ADJECTIVES, PLACES, ACTIVITIES, COLORS, ITEMS]
     tables += [HIDING_SPOTS, SEARCH_SPOTS, FEARS, NUMBERS, LANDMARKS, DESTINATIONS, THINGS]
     tables += [SYSTEM_PROMPTS, SMALL_TALK, ANIMAL_FACTS, _PLOT_REQUESTS]
     text = json.dumps(tables, default=list) + " ".join(make_corpus(5000, seed=12345))
@@ -764,6 +795,38 @@ def plot(record: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def show_samples(folder: Path, seed: int) -> None:
+    """Print greedy and sampled generations of the model in ``folder``.
+
+    Args:
+        folder: A saved checkpoint.
+        seed: Seed of the sampled generations.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompts = {
+        "plain": tokenizer("Once upon a time", return_tensors="pt"),
+        "chat": tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Tell me a story about a frog who was afraid."}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        ),
+    }
+    for name, inputs in prompts.items():
+        settings = [("greedy", {"do_sample": False})]
+        settings += [("sampled", {"do_sample": True, "temperature": 0.8, "top_p": 0.95})] * 2
+        torch.manual_seed(seed)
+        for label, kwargs in settings:
+            out = model.generate(**inputs, max_new_tokens=300, **kwargs)
+            text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])
+            print(f"--- {name}, {label}:\n{text}\n", flush=True)
+
+
 def main() -> None:
     """Parse the command line and run training, or redraw the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -776,16 +839,22 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--warmup", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=40)
     parser.add_argument("--eval-batches", type=int, default=4)
     parser.add_argument(
         "--quick", action="store_true", help="a tiny run to check the pipeline end to end"
     )
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from --log")
+    parser.add_argument(
+        "--samples", action="store_true", help="print generations of the model in --out"
+    )
     args = parser.parse_args()
+    if args.samples:
+        show_samples(args.out, args.seed)
+        return
     if args.plot_only:
         plot(json.loads(args.log.read_text()), args.plot)
         return
