@@ -62,3 +62,10 @@ def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
         main(["serve", "m", "--no-such-option"])
     assert info.value.code == 2
     assert "--no-such-option" in capsys.readouterr().err
+
+
+def test_bench_runs_the_benchmark_script_with_the_remaining_arguments(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "throughput", "--help"]) == 0
+    assert "usage: throughput.py" in capfd.readouterr().out
