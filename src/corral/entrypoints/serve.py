@@ -18,8 +18,10 @@ signal cancels at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -90,7 +92,17 @@ async def _hypercorn_serve(app: object, config: Config, shutdown: anyio.Event) -
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
+        asyncio.get_running_loop().set_exception_handler(_ignore_cancelled_connections)
         await asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+
+
+def _ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # At the graceful deadline hypercorn cancels the connections still open; asyncio's
+    # stream protocol then reports each cancelled connection task as an error with a
+    # traceback. Those cancellations are the shutdown working as designed.
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 async def _watch_signals(
