@@ -8,8 +8,9 @@ so; ``scripts/bootstrap`` runs it.
 
 The build folder is ``$CORRAL_CACHE_DIR/torch_extensions/<key>`` (default
 ``~/.cache/corral``), where ``<key>`` names the torch version, CUDA or CPU, the CPU's
-vector capability and a hash of the compile flags and the CPU's feature flags, so two
-torch builds or two kinds of CPU never share object files.
+vector capability and a hash of the compile flags, the CPU's feature flags, the torch
+install and the Python version, so two torch builds, two virtual environments or two
+kinds of CPU never share object files.
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def build_directory(with_cuda: bool) -> pathlib.Path:
     """The persistent build folder for this torch build, CPU and compile flags."""
     root = pathlib.Path(os.environ.get("CORRAL_CACHE_DIR", pathlib.Path.home() / ".cache/corral"))
     flags = " ".join(CXX_FLAGS + LD_FLAGS + (CUDA_FLAGS if with_cuda else []))
-    digest = hashlib.sha256((flags + _cpu_features()).encode()).hexdigest()[:10]
+    # The include paths in the compile commands name the torch install and the
+    # Python: two virtual environments sharing a folder would rebuild it in turn.
+    install = f"{torch.__file__} {sys.version}"
+    digest = hashlib.sha256((flags + _cpu_features() + install).encode()).hexdigest()[:10]
     variant = f"cu{torch.version.cuda}" if with_cuda else "cpu"
     capability = torch.backends.cpu.get_cpu_capability().lower()
     key = f"torch{torch.__version__.split('+')[0]}-{variant}-{capability}-{digest}"
