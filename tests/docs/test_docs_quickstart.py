@@ -142,7 +142,7 @@ def test_offline_example(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" -> ")[0] for line in lines] == [
         "'Once upon a time'",
-        "'One day, a little fox'",
+        "'Once upon a time, there was a little fox'",
     ]
     assert all(line.endswith((" length", " stop")) for line in lines)
 
@@ -153,9 +153,8 @@ def test_openai_client_example(server: Server, capsys: pytest.CaptureFixture[str
     assert "127.0.0.1:8000" in block.code
     moved = Block(block.name, block.lang, block.code.replace("8000", str(server.port)), block.line)
     run_python(moved)
-    out = capsys.readouterr().out
-    completion, chat = out.rstrip("\n").split("\n", 1) if "\n" in out.strip() else (out, "")
-    assert completion.strip() and chat.strip(), out
+    completion, chat = capsys.readouterr().out.rsplit("\n", 2)[:2]
+    assert len(completion.split()) >= 5 and len(chat.split()) >= 5, (completion, chat)
 
 
 def test_trio_example(capsys: pytest.CaptureFixture[str]) -> None:
