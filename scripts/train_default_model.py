@@ -11,6 +11,7 @@ Usage::
     .venv/bin/python scripts/train_default_model.py            # the shipped run
     .venv/bin/python scripts/train_default_model.py --quick --out /tmp/m  # smoke run
     .venv/bin/python scripts/train_default_model.py --plot-only
+    .venv/bin/python scripts/train_default_model.py --samples   # or --evaluate
 
 The shipped run prints one JSON line per evaluation and writes the whole curve to
 ``train_log.json`` in ``scripts/`` and the plot to ``docs/default_model_loss.png``.
@@ -827,6 +828,71 @@ def show_samples(folder: Path, seed: int) -> None:
             print(f"--- {name}, {label}:\n{text}\n", flush=True)
 
 
+def evaluate_behaviour(folder: Path) -> dict[str, list[int]]:
+    """Score greedy answers of the model in ``folder`` on what its world asks of it.
+
+    Args:
+        folder: A saved checkpoint.
+
+    Returns:
+        For each check, [right, asked]: hero of a requested story, plot of a
+        requested story, exact answers about a story in the prompt (fresh stories,
+        seed 2024), exact answers to world questions.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    def reply(content: str, max_new_tokens: int) -> str:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        with torch.no_grad():
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+        return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    # A phrase that only the requested plot's stories contain.
+    plot_marks = {
+        "lost": "could not find|was gone",
+        "fear": "afraid of",
+        "share": "more than anything",
+        "trip": "wanted to see",
+        "build": "wanted to make",
+    }
+    scores = {"hero": [0, 0], "plot": [0, 0], "story_qa": [0, 0], "world_qa": [0, 0]}
+    for animal in sorted(ANIMALS):
+        article = "an" if animal[0] in "aeiou" else "a"
+        text = reply(f"Tell me a story about {article} {animal}.", 320)
+        scores["hero"][0] += bool(re.search(rf"\b{animal} named {NAMES[animal]}\b", text))
+        scores["hero"][1] += 1
+    for plot_ in PLOTS:
+        for animal in ["fox", "bear", "mouse"]:
+            text = reply(f"Tell me a story about a {animal} {_PLOT_REQUESTS[plot_]}.", 320)
+            scores["plot"][0] += bool(re.search(plot_marks[plot_], text))
+            scores["plot"][1] += 1
+    rng = random.Random(2024)
+    for _ in range(30):
+        story = make_story(rng)
+        question, answer = rng.choice(story.qa)
+        scores["story_qa"][0] += reply(story.text + "\n" + question, 40).strip() == answer
+        scores["story_qa"][1] += 1
+    for animal in sorted(ANIMALS):
+        home, food, move = ANIMALS[animal]
+        slots = {"A": animal, "N": NAMES[animal], "FA": FRIENDS[animal]}
+        slots |= {"F": NAMES[FRIENDS[animal]], "home": home, "food": food, "move": move}
+        for question, answer in ANIMAL_FACTS:
+            text = reply(_fill(question, slots), 40).strip()
+            scores["world_qa"][0] += text == _fill(answer, slots)
+            scores["world_qa"][1] += 1
+    return scores
+
+
 def main() -> None:
     """Parse the command line and run training, or redraw the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -851,7 +917,13 @@ def main() -> None:
     parser.add_argument(
         "--samples", action="store_true", help="print generations of the model in --out"
     )
+    parser.add_argument(
+        "--evaluate", action="store_true", help="score greedy answers of the model in --out"
+    )
     args = parser.parse_args()
+    if args.evaluate:
+        print(json.dumps(evaluate_behaviour(args.out)), flush=True)
+        return
     if args.samples:
         show_samples(args.out, args.seed)
         return
