@@ -49,7 +49,9 @@ def test_openmp_is_on_for_compile_and_link() -> None:
     assert "-fopenmp" in build.LD_FLAGS
 
 
-def test_loading_again_is_quiet_and_the_ops_are_registered(caplog: pytest.LogCaptureFixture) -> None:
+def test_loading_again_is_quiet_and_the_ops_are_registered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     build.load_library()
     with caplog.at_level(logging.INFO, logger="corral.ops"):
         path = build.load_library()
