@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import anyio
 import httpx2
 import pytest
 from server_helpers import MAX_MODEL_LEN, SERVED_NAME, open_app
+from transformers import AutoTokenizer
 
 from corral.engine import open_engine_from_core
 from corral.entrypoints.errors import APIError
@@ -281,31 +284,55 @@ async def test_client_disconnect_aborts_its_request(tiny_model: Path) -> None:
         )
 
 
-async def test_engine_death_answers_503(tiny_model: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+@asynccontextmanager
+async def dying_app(model: Path, fail_at_step: int) -> AsyncIterator[httpx2.AsyncClient]:
+    """The app over a fake model whose step ``fail_at_step`` raises (killing the engine)."""
+    tokenizer = AutoTokenizer.from_pretrained(model)
     runner = FakeModelRunner(
-        block_size=4, num_kv_blocks=64, vocab_size=len(tokenizer), fail_at_step=1
+        block_size=4, num_kv_blocks=64, vocab_size=len(tokenizer), fail_at_step=fail_at_step
     )
-    core = make_fake_core(runner)
     config = types.SimpleNamespace(vocab_size=len(tokenizer), max_model_len=128)
+    # Leaving a dead engine's block re-raises the step's error in place of whatever
+    # the block raised, so a failing assertion is kept aside and re-raised after.
+    failure: BaseException | None = None
     with pytest.raises(FakeModelError):
         async with open_engine_from_core(
-            core, tokenizer=tokenizer, model_config=config, log_requests=False, log_stats=False
+            make_fake_core(runner),
+            tokenizer=tokenizer,
+            model_config=config,
+            log_requests=False,
+            log_stats=False,
         ) as engine:
             ctx = await make_context(engine, model_path="fake")
             transport = httpx2.ASGITransport(app=build_app(ctx))
             async with httpx2.AsyncClient(transport=transport, base_url="http://corral") as client:
-                first = await client.post(
-                    "/v1/completions", json={"prompt": [5, 6], "max_tokens": 2}
-                )
-                assert_error(first, 503, None, "engine")
-                assert (await client.get("/health")).status_code == 503
-                later = await client.post(
-                    "/v1/completions", json={"prompt": [5, 6], "max_tokens": 2}
-                )
-                assert_error(later, 503, None, "engine")
+                try:
+                    yield client
+                except BaseException as exc:
+                    failure = exc
+                    raise
+    if failure is not None:
+        raise failure
+
+
+async def test_engine_death_answers_503(tiny_model: Path) -> None:
+    async with dying_app(tiny_model, fail_at_step=1) as client:
+        body = {"prompt": [5, 6], "max_tokens": 2}
+        assert_error(await client.post("/v1/completions", json=body), 503, None, "engine")
+        assert (await client.get("/health")).status_code == 503
+        assert_error(await client.post("/v1/completions", json=body), 503, None, "engine")
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        assert_error(await client.post("/v1/chat/completions", json=chat), 503, None, "engine")
+
+
+async def test_engine_death_mid_stream_ends_it_with_an_error_event(tiny_model: Path) -> None:
+    async with dying_app(tiny_model, fail_at_step=3) as client:
+        body = {"prompt": [5, 6], "max_tokens": 10, "ignore_eos": True, "stream": True}
+        response = await client.post("/v1/completions", json=body)
+        events = sse_events(response.text)
+        assert events[-1] == "[DONE]"
+        assert events[-2]["error"]["code"] == 503
+        assert any("choices" in event for event in events[:-2])
 
 
 async def test_echo_with_logprobs_prepends_the_prompt(tiny_model: Path) -> None:

@@ -215,8 +215,10 @@ async def run_all(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
 
 async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[T]]) -> T | None:
     """Run ``work`` and return its result, or None if the client disconnects first
-    (``work`` is then cancelled, which aborts its engine requests)."""
+    (``work`` is then cancelled, which aborts its engine requests). An exception of
+    ``work`` propagates as it is, not wrapped in an ExceptionGroup."""
     result: T | None = None
+    failure: Exception | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -224,6 +226,11 @@ async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[T]]) ->
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        result = await work()
+        try:
+            result = await work()
+        except Exception as exc:
+            failure = exc
         tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return result
