@@ -14,7 +14,10 @@ import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 from server_helpers import SERVED_NAME, ServerProcess
+
+from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
 
 JSON_SCALARS = (
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
@@ -53,6 +56,9 @@ SAMPLING = {
     "stream_options": wild(st.fixed_dictionaries({"include_usage": st.booleans()})),
     "user": wild(st.text(max_size=5)),
     "logit_bias": wild(st.just({})),
+    "include_stop_str_in_output": wild(st.booleans()),
+    "skip_special_tokens": wild(st.booleans()),
+    "spaces_between_special_tokens": wild(st.booleans()),
 }
 COMPLETION = {
     **SAMPLING,
@@ -64,6 +70,7 @@ COMPLETION = {
     ),
     "echo": wild(st.booleans()),
     "logprobs": wild(st.integers(-1, 25)),
+    "suffix": wild(st.just("")),
 }
 MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "user", "assistant", "tool", "developer"])},
@@ -75,6 +82,10 @@ CHAT = {
     "logprobs": wild(st.booleans()),
     "top_logprobs": wild(st.integers(-1, 25)),
     "max_completion_tokens": wild(st.integers(-1, 4)),
+    "add_generation_prompt": wild(st.booleans()),
+    "tools": wild(st.just([])),
+    "tool_choice": wild(st.sampled_from(["none", "auto"])),
+    "response_format": wild(st.sampled_from([{"type": "text"}, {"type": "json_object"}])),
 }
 
 
@@ -90,9 +101,17 @@ def bodies(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[
         st.tuples(*(fields[name] for name in names)),
         st.integers(-2, 6) | st.sampled_from([None, "4", 1.5]),
         st.dictionaries(
-            st.sampled_from(["bogus", "prompt_logprobs", "suffix"]), ANY_JSON, max_size=1
+            st.sampled_from(["bogus", "prompt_logprobs", "Model"]), ANY_JSON, max_size=1
         ),
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"), [(CompletionRequest, COMPLETION), (ChatCompletionRequest, CHAT)]
+)
+def test_every_request_field_is_fuzzed(model: type[BaseModel], fields: dict[str, Any]) -> None:
+    # "max_tokens" is drawn for every body (small, to keep valid requests quick).
+    assert set(model.model_fields) == {*fields, "max_tokens"}
 
 
 @pytest.fixture(scope="module")
