@@ -41,6 +41,8 @@ class CompletionLogprobs(BaseModel):
 
 
 class CompletionChoice(BaseModel):
+    """One choice of a completion (or its new part, in a stream chunk)."""
+
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
@@ -49,6 +51,9 @@ class CompletionChoice(BaseModel):
 
 
 class CompletionResponse(BaseModel):
+    """A whole completion; also the shape of each stream chunk (without ``usage``,
+    except in the final usage chunk, whose ``choices`` is empty)."""
+
     id: str = Field(default_factory=lambda: random_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=_now)
@@ -58,25 +63,35 @@ class CompletionResponse(BaseModel):
 
 
 class TopLogprob(BaseModel):
+    """A token and its log-probability; ``bytes`` is the token's UTF-8 encoding."""
+
     token: str
     logprob: float
     bytes: list[int] | None = None
 
 
 class TokenLogprob(TopLogprob):
+    """The chosen token, with the ``top_logprobs`` alternatives asked for (most likely first)."""
+
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChatLogprobs(BaseModel):
+    """Per generated token, its `TokenLogprob`."""
+
     content: list[TokenLogprob] | None = None
 
 
 class ChatMessageOut(BaseModel):
+    """The assistant message of a chat choice."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None = None
 
 
 class ChatChoice(BaseModel):
+    """One choice of a chat completion."""
+
     index: int
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
@@ -85,6 +100,8 @@ class ChatChoice(BaseModel):
 
 
 class ChatCompletionResponse(BaseModel):
+    """A whole chat completion."""
+
     id: str = Field(default_factory=lambda: random_id("chatcmpl"))
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=_now)
@@ -94,11 +111,15 @@ class ChatCompletionResponse(BaseModel):
 
 
 class DeltaMessage(BaseModel):
+    """What a stream chunk adds to a chat choice: the role once, then text."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
 class ChatChunkChoice(BaseModel):
+    """One choice's part of a chat stream chunk."""
+
     index: int
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
@@ -107,6 +128,8 @@ class ChatChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
+    """One chat stream event; the final usage chunk has no choices."""
+
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -116,6 +139,8 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """A served model name in ``/v1/models``; ``root`` is the model path."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
@@ -125,21 +150,29 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    """The body of ``/v1/models``."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class TokenizeResponse(BaseModel):
+    """The body of ``/tokenize``."""
+
     count: int
     max_model_len: int
     tokens: list[int]
 
 
 class DetokenizeResponse(BaseModel):
+    """The body of ``/detokenize``."""
+
     prompt: str
 
 
 class ErrorInfo(BaseModel):
+    """What went wrong: ``type`` names the HTTP status class, ``param`` the field at fault."""
+
     message: str
     type: str
     param: str | None = None
