@@ -22,7 +22,11 @@ TIMEOUT = 20.0
 
 
 def fake_core(
-    *, step_delay: float = 0.0, fail_at_step: int | None = None, **config: Any
+    *,
+    step_delay: float = 0.0,
+    fail_at_step: int | None = None,
+    fail_on_token: int | None = None,
+    **config: Any,
 ) -> EngineCore:
     """A fake-model core with the `make_fake_core` geometry (block_size 4, 64 blocks)."""
     runner = FakeModelRunner(
@@ -31,6 +35,7 @@ def fake_core(
         num_host_blocks=config.get("num_host_blocks", 32),
         step_delay=step_delay,
         fail_at_step=fail_at_step,
+        fail_on_token=fail_on_token,
     )
     return make_fake_core(runner, **config)
 

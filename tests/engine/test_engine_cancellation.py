@@ -172,3 +172,16 @@ async def test_id_of_a_broken_off_stream_is_free_at_once() -> None:
                 outs = [out async for out in stream]
             assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 2
             await wait_idle(engine)
+
+
+async def test_stream_collected_in_another_thread_is_aborted_by_the_loop() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
+            holder = [engine.generate(None, greedy(90), prompt_token_ids=PROMPT)]
+            await holder[0].__anext__()
+            # The last reference dies in a worker thread, as it would if the garbage
+            # collector ran there: the finalizer must only hand the request over.
+            await anyio.to_thread.run_sync(holder.clear)
+            await wait_idle(engine)
+            assert not engine._core.has_unfinished_requests()
+            assert engine.is_running

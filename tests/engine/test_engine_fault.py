@@ -72,3 +72,38 @@ async def test_errors_of_the_block_itself_are_not_wrapped() -> None:
             stream = engine.generate(None, greedy(50), prompt_token_ids=[1])
             await stream.__anext__()
             raise KeyError("from the block")
+
+
+async def test_requests_not_yet_seen_by_the_loop_also_fail() -> None:
+    with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError):
+        async with open_engine_from_core(
+            fake_core(step_delay=0.05, fail_on_token=7), log_stats=False
+        ) as engine:
+            # The first step sleeps, then fails on writing token 7.
+            running = engine.generate(None, greedy(5), prompt_token_ids=[7])
+            while engine._core.runner.num_steps == 0:
+                await anyio.sleep(0.001)
+            assert engine.is_running
+            # Submitted while the failing step runs: still in the inbox when it fails.
+            pending = engine.generate(None, greedy(5), prompt_token_ids=[2])
+            for stream in (running, pending):
+                with pytest.raises(EngineDeadError) as dead:
+                    async with stream:
+                        async for _ in stream:
+                            pass
+                assert isinstance(dead.value.__cause__, FakeModelError)
+
+
+async def test_an_ended_request_leaves_no_channel_open_for_the_collector() -> None:
+    """Once the engine is done with a request it closes both ends of its channel, so
+    an unread stream caught in a reference cycle cannot leave an unclosed channel to
+    the garbage collector, whichever object it finalizes first."""
+    with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError):
+        async with open_engine_from_core(fake_core(fail_at_step=1), log_stats=False) as engine:
+            unread = engine.generate(None, greedy(5), prompt_token_ids=[1])
+            while engine.is_running:
+                await anyio.sleep(0.001)
+    with pytest.raises(anyio.ClosedResourceError):
+        unread._state.receive.receive_nowait()
+    with pytest.raises(EngineDeadError):
+        await unread.__anext__()

@@ -81,7 +81,12 @@ class RequestState:
         return True
 
     def end(self, output: RequestOutput | None = None, error: BaseException | None = None) -> None:
-        """Deliver the final output or an error (or nothing, for a cancelled consumer)."""
+        """Deliver the final output or an error (or nothing, for a cancelled consumer).
+
+        Both ends of the channel are closed here: from now on the consumer reads the
+        stored result without receiving, so no channel outlives the request, whatever
+        order the garbage collector later finalizes a forgotten stream in.
+        """
         if self.done:
             return
         self.done = True
@@ -94,6 +99,7 @@ class RequestState:
             except (anyio.WouldBlock, anyio.BrokenResourceError):
                 pass  # pending wake-up, or nobody left to wake
         self.send.close()
+        self.receive.close()
 
 
 class RequestStream:
@@ -161,7 +167,10 @@ class RequestStream:
             raise StopAsyncIteration
         state = self._state
         try:
-            await state.receive.receive()
+            if state.done:
+                await anyio.lowlevel.checkpoint()
+            else:
+                await state.receive.receive()
         except BaseException:
             self.close()
             raise
@@ -169,7 +178,7 @@ class RequestStream:
             self.close()
             raise state.error
         output = state.latest
-        assert output is not None  # a wake-up is only sent after a snapshot is stored
+        assert output is not None  # woken only once a snapshot (or the error) is stored
         if output.finished:
             self.close()
         return output
