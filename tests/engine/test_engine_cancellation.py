@@ -111,10 +111,11 @@ async def test_unread_streams_do_not_grow() -> None:
                 while engine.stats().num_generation_tokens < 40:
                     assert stream._state.receive.statistics().current_buffer_used <= 1
                     await anyio.sleep(0.001)
-                out = await stream.__anext__()
-                assert out.finished and len(out.outputs[0].token_ids) == 40
-                with pytest.raises(StopAsyncIteration):
-                    await stream.__anext__()
+                # The step that made the 40th token may not be dispatched yet: at most
+                # that one snapshot precedes the final one.
+                outs = [out async for out in stream]
+                assert len(outs) <= 2
+                assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 40
 
 
 async def test_slow_consumer_sees_coalesced_snapshots_and_does_not_stall_others() -> None:
