@@ -148,7 +148,11 @@ class AsyncEngine:
         self._loop.abort(request_id)
 
     def stats(self) -> EngineStats:
-        """A snapshot of the core's queues, cache use and counters."""
+        """A snapshot of the core's queues, cache use and counters.
+
+        Read without waiting for the step in flight, so it may count that step's
+        tokens before their outputs reach the streams.
+        """
         return self._core.stats()
 
     async def get_tokenizer(self) -> Any:
