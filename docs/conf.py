@@ -117,7 +117,24 @@ class BenchmarkResults(SphinxDirective):
         return out
 
 
+BENCHMARK_PAGES_MARKER = "% corral: benchmark pages"
+
+
+def benchmark_pages(app, docname, source):  # type: ignore[no-untyped-def]
+    """Replace the marker line of the benchmarks page with a toctree of the
+    ``docs/benchmarks_*.md`` pages that exist (a glob toctree would warn while there
+    are none)."""
+    if docname != "benchmarks":
+        return
+    pages = sorted(path.stem for path in DOCS.glob("benchmarks_*.md"))
+    listing = "No benchmark has a page of its own yet."
+    if pages:
+        listing = "```{toctree}\n:maxdepth: 1\n\n" + "\n".join(pages) + "\n```"
+    source[0] = source[0].replace(BENCHMARK_PAGES_MARKER, listing)
+
+
 def setup(app):  # type: ignore[no-untyped-def]
     app.add_directive("corral-help", CliHelp)
     app.add_directive("corral-benchmark-results", BenchmarkResults)
+    app.connect("source-read", benchmark_pages)
     return {"parallel_read_safe": True}
