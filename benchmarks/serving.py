@@ -620,6 +620,34 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The per-rate numbers of every server as a Markdown table (milliseconds)."""
+
+    def ms(stat: dict[str, float | None], key: str) -> str:
+        return "-" if stat[key] is None else f"{stat[key]:.0f}"
+
+    lines = [
+        "| server | rate (req/s) | done | req/s | out tok/s | TTFT mean / p50 / p99 "
+        "| TPOT mean / p50 / p99 | ITL mean / p50 / p99 | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, server in result["servers"].items():
+        for row in server.get("rates", []):
+            cells = [
+                name,
+                str(row["request_rate"]),
+                f"{row['completed']}/{row['num_requests']}",
+                f"{row['request_throughput']:.3f}",
+                f"{row['output_throughput']:.1f}",
+            ]
+            for key in ("ttft_ms", "tpot_ms", "itl_ms"):
+                cells.append(" / ".join(ms(row[key], k) for k in ("mean", "median", "p99")))
+            load = row.get("loadavg_1min")
+            cells.append("-" if load is None else f"{load[0]:.1f} → {load[1]:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata
 
@@ -667,8 +695,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, help="Write the JSON results here (also printed).")
     out.add_argument("--plot", type=Path, help="Write latency-vs-rate plots here (PNG).")
+    out.add_argument("--table", type=Path, help="Write a Markdown table of the results here.")
+    out.add_argument("--from-json", type=Path, metavar="JSON",
+                     help="Redraw --plot and --table from saved results; run nothing.")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.make_model is None and (args.base_url is None) == (args.launch is None):
+    redraw = args.make_model is not None or args.from_json is not None
+    if not redraw and (args.base_url is None) == (args.launch is None):
         parser.error("give exactly one of --base-url and --launch (or --make-model)")
     if args.base_url and not args.model:
         parser.error("--base-url needs --model")
@@ -687,6 +719,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         make_model(args.make_model, tiny=args.quick)
         print(f"saved the benchmark model in {args.make_model}", file=sys.stderr)
         return None
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+        _write_outputs(result, args)
+        return result
     with tempfile.TemporaryDirectory(prefix="corral-serving-") as scratch:
         model_path = args.model_path
         if args.launch and model_path is None:
@@ -738,9 +774,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+    _write_outputs(result, args)
+    return result
+
+
+def _write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
     if args.plot:
         plot(result, args.plot)
-    return result
+    if args.table:
+        args.table.write_text(markdown_table(result))
 
 
 if __name__ == "__main__":
