@@ -161,3 +161,16 @@ async def test_n_completions_stream_together() -> None:
                 outs = [out async for out in stream]
             assert len(outs[-1].outputs) == 2
             assert completions(outs[-1]) == completions(run_alone(PROMPT, params))
+
+
+async def test_request_ending_while_the_consumer_enters_anext_delivers_the_final() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(fake_core(step_delay=0.05), log_stats=False) as engine:
+            stream = engine.generate(None, greedy(90), "ends", prompt_token_ids=PROMPT)
+            async with anyio.create_task_group() as tg:
+                # Runs during the checkpoint that starts the consumer's receive.
+                tg.start_soon(engine.abort, "ends")
+                async with stream:
+                    outs = [out async for out in stream]
+            assert len(outs) == 1 and outs[0].finished
+            assert outs[0].outputs[0].finish_reason == "abort"

@@ -170,10 +170,17 @@ class RequestStream:
             if state.done:
                 await anyio.lowlevel.checkpoint()
             else:
-                await state.receive.receive()
+                try:
+                    await state.receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    # The request ended (and its channel closed) while this call
+                    # waited; the outcome is stored on the state.
+                    pass
         except BaseException:
             self.close()
             raise
+        if self._finished:  # closed by another task meanwhile
+            raise StopAsyncIteration
         if state.error is not None:
             self.close()
             raise state.error
