@@ -147,7 +147,7 @@ async def run_scenario(scenario: list[Plan], step_delay: float) -> None:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@settings(max_examples=40)
+@settings(max_examples=60)
 @given(scenario=st.lists(plans, min_size=1, max_size=8), step_delay=st.sampled_from([0.0, 0.001]))
 def test_random_request_lifecycles_keep_the_invariants(
     backend: str, scenario: list[Plan], step_delay: float
