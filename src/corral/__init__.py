@@ -11,11 +11,11 @@ from corral.core import EngineCore as EngineCore
 from corral.core import EngineStats as EngineStats
 from corral.engine import AsyncEngine as AsyncEngine
 from corral.engine import AsyncLLMEngine as AsyncLLMEngine
-from corral.engine import EngineClosedError as EngineClosedError
 from corral.engine import RequestStream as RequestStream
 from corral.engine import open_engine as open_engine
 from corral.engine import open_engine_from_core as open_engine_from_core
 from corral.errors import CorralError as CorralError
+from corral.errors import EngineClosedError as EngineClosedError
 from corral.errors import EngineDeadError as EngineDeadError
 from corral.errors import NotSupportedError as NotSupportedError
 from corral.llm import LLM as LLM

@@ -24,7 +24,7 @@ from corral._engine.stream import RequestState, RequestStream
 from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
 from corral.core.stats import EngineStats
-from corral.errors import EngineDeadError, NotSupportedError
+from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.tokenization import encode_prompt, validate_prompt
 
@@ -36,10 +36,6 @@ __all__ = [
     "open_engine",
     "open_engine_from_core",
 ]
-
-
-class EngineClosedError(EngineDeadError):
-    """The engine is not running: used outside its ``async with`` block."""
 
 
 class AsyncEngine:

@@ -20,3 +20,7 @@ class NotSupportedError(CorralError, NotImplementedError):
 
     The message names the feature and, where one exists, the issue tracking it.
     """
+
+
+class EngineClosedError(EngineDeadError):
+    """The engine is not running: used outside its ``async with`` block."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.config import AsyncEngineArgs
 from corral.core.stats import EngineStats
-from corral.errors import NotSupportedError
+from corral.errors import EngineClosedError, NotSupportedError
 from corral.sampling_params import SamplingParams
 
 from .stream import RequestStream
@@ -123,8 +123,6 @@ class AsyncLLMEngine:
         return self._running().stats()
 
     def _running(self) -> AsyncEngine:
-        from corral.engine import EngineClosedError
-
         if self._engine is None:
             raise EngineClosedError(
                 "AsyncLLMEngine is not running: use `async with "
