@@ -54,8 +54,11 @@ async def test_streams_cut_off_mid_way_are_aborted_and_free_the_cache(
                 started += 1
                 if started == NUM_CLIENTS:
                     all_started.set()
-                # Every client holds its stream open until all are mid-stream.
-                await all_started.wait()
+                # Clients hold their streams open together, but each for at most a
+                # second: far less than its 200 tokens take, so that every one of them
+                # is cut off mid-stream even when the others are slow to connect.
+                with anyio.move_on_after(1.0):
+                    await all_started.wait()
 
         with anyio.fail_after(90):
             async with anyio.create_task_group() as tg:

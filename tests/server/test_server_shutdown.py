@@ -11,24 +11,26 @@ from pathlib import Path
 from threading import Barrier
 
 import httpx2
-import pytest
 from server_helpers import ServerProcess
 
+Payloads = list[tuple[float, str]]
 
-def stream_completion(url: str, max_tokens: int, started: Barrier) -> list[str]:
-    """Stream one completion; return its SSE payloads (reaching the barrier at the first)."""
+
+def stream_completion(url: str, max_tokens: int, started: Barrier) -> Payloads:
+    """Stream one completion; return its SSE payloads with their arrival times
+    (reaching the barrier at the first)."""
     body = {
         "prompt": "Once upon a time",
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
     }
-    payloads: list[str] = []
+    payloads: Payloads = []
     try:
         with httpx2.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    payloads.append(line[len("data: ") :])
+                    payloads.append((time.monotonic(), line[len("data: ") :]))
                     if len(payloads) == 1:
                         started.wait()
     except httpx2.TransportError:
@@ -36,7 +38,8 @@ def stream_completion(url: str, max_tokens: int, started: Barrier) -> list[str]:
     return payloads
 
 
-def run_streams(server: ServerProcess, count: int, max_tokens: int) -> list[Future[list[str]]]:
+def run_streams(server: ServerProcess, count: int, max_tokens: int) -> list[Future[Payloads]]:
+    """Start ``count`` streams; return once each has received its first chunk."""
     started = Barrier(count + 1)
     pool = ThreadPoolExecutor(count)
     futures = [
@@ -47,19 +50,32 @@ def run_streams(server: ServerProcess, count: int, max_tokens: int) -> list[Futu
     return futures
 
 
+def refuses_connections(url: str, within: float) -> bool:
+    """Whether the server stops accepting connections within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            httpx2.get(f"{url}/health", timeout=1)
+        except httpx2.TransportError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_sigterm_lets_inflight_streams_finish_then_exits_zero(tiny_model: Path) -> None:
     server = ServerProcess(tiny_model, loop="trio")
     try:
         server.wait_ready()
-        futures = run_streams(server, count=3, max_tokens=120)
+        futures = run_streams(server, count=8, max_tokens=240)
+        signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        with pytest.raises(httpx2.TransportError):
-            httpx2.get(f"{server.url}/health", timeout=2)
-        for future in futures:
-            payloads = future.result(timeout=60)
-            assert payloads[-1] == "[DONE]"
-            assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "length"
+        assert refuses_connections(server.url, within=5)
+        results = [future.result(timeout=60) for future in futures]
+        # The streams were in flight at the signal, and ran to their end after it.
+        assert any(arrived > signalled for payloads in results for arrived, _ in payloads)
+        for payloads in results:
+            assert payloads[-1][1] == "[DONE]"
+            assert json.loads(payloads[-2][1])["choices"][0]["finish_reason"] == "length"
         assert server.proc.wait(timeout=30) == 0
     finally:
         server.stop()
@@ -75,6 +91,6 @@ def test_sigint_past_the_timeout_cuts_streams_and_exits_zero(tiny_model: Path) -
         assert server.proc.wait(timeout=30) == 0
         assert time.monotonic() - signalled < 15
         results = [future.result(timeout=30) for future in futures]
-        assert any(payloads[-1] != "[DONE]" for payloads in results)
+        assert any(payloads[-1][1] != "[DONE]" for payloads in results)
     finally:
         server.stop()
