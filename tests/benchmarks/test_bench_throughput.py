@@ -1,0 +1,80 @@
+"""Smoke test of benchmarks/throughput.py: the quick path on a toy model, end to end.
+
+No timing is asserted: the machine running the tests is not the one to judge speed.
+Only that every system ran, produced every token, and that the report holds the
+keys and positive numbers the docs and the plot read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "throughput.py"
+
+
+def test_quick_tiny_run_reports_every_system(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    png = tmp_path / "throughput.png"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--tiny", "--requests", "8",
+         "--output-len", "8", "--min-prompt", "8", "--max-prompt", "64",
+         "--decode-batch", "4", "--gemm-size", "256", "--threads", "1",
+         "--out", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report == json.loads(proc.stdout)
+    assert png.stat().st_size > 0
+    assert {"config", "machine", "versions", "systems", "decode_only", "flops", "summary"} <= (
+        report.keys()
+    )
+    assert report["config"]["torch_threads"] == 1
+    systems = report["systems"]
+    assert set(systems) == {"corral", "generate_bs8", "generate_bs16", "generate_bs32",
+                            "generate_batch"}  # fmt: skip
+    expected_tokens = 8 * 8
+    for name, system in systems.items():
+        assert system["status"] == "ok", (name, system)
+        assert system["output_tokens"] == expected_tokens, name
+        for key in ("elapsed_s", "output_tokens_per_s", "total_tokens_per_s", "mfu"):
+            assert system[key] > 0, (name, key)
+
+    decode = report["decode_only"]
+    assert decode["status"] == "ok", decode
+    assert decode["batch"] == 4
+    assert decode["steps"] > 0 and decode["output_tokens_per_s"] > 0 and decode["mfu"] > 0
+
+    waste = systems["corral"]["kv_waste"]
+    assert waste["steady_state_steps"] > 0
+    # Less than one block per running sequence can be empty.
+    assert 0 <= waste["steady_state"] < 1
+
+    flops = report["flops"]
+    assert flops["gemm_before"]["median_flops_per_s"] > 0
+    assert flops["gemm_after"]["median_flops_per_s"] > 0
+    assert flops["attention_flops"] > 0
+    params = flops["params"]
+    assert params["non_embedding_with_lm_head"] > params["non_embedding_without_lm_head"] > 0
+
+    summary = report["summary"]
+    assert summary["best_static_generate"] in systems
+    for key in ("corral_over_best_static_generate", "corral_over_generate_batch", "corral_mfu",
+                "corral_decode_tokens_per_s", "kv_waste_steady_state"):  # fmt: skip
+        assert summary[key] is not None, key
+
+
+def test_attention_flops_counts_causal_pairs() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shape = {"hidden_size": 8, "num_hidden_layers": 2}
+    # Prompt of 3: 1 + 2 + 3 pairs; 3 outputs: 2 fed-back tokens at contexts 4, 5.
+    assert module.attention_flops(shape, [3], 3) == 4 * 8 * 2 * (6 + 4 + 5)
+    params = {"non_embedding_without_lm_head": 10, "non_embedding_with_lm_head": 15}
+    assert module.useful_flops(params, prompt_tokens=4, generated=2) == 2 * 4 * 10 + 2 * 2 * 15
