@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.entrypoints.cli import main
+from corral.default_model import DEFAULT_SERVED_NAME, default_model_path
+from corral.entrypoints.cli import _default_names, _engine_args, build_parser, main
 from corral.llm import LLM
 from corral.sampling_params import SamplingParams
 
@@ -41,6 +42,26 @@ def test_generate_streams_the_greedy_completion(
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     expected = llm.generate("Once upon a time", params, use_tqdm=False)[0].outputs[0].text
     assert printed == expected + "\n"
+
+
+def test_generate_without_a_model_uses_the_embedded_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["generate", "Once upon a time", "--max-tokens", "12", "--temperature", "0"]
+    assert main([*argv, "--num-kv-blocks", "64"]) == 0
+    printed = capsys.readouterr().out
+    llm = LLM(default_model_path(), num_kv_blocks=64)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    expected = llm.generate("Once upon a time", params, use_tqdm=False)[0].outputs[0].text
+    assert printed == expected + "\n"
+    assert expected.strip()
+
+
+def test_serve_without_a_model_serves_the_embedded_default_as_storyteller() -> None:
+    namespace = build_parser().parse_args(["serve", "--port", "0"])
+    assert namespace.model is None
+    assert _default_names(namespace) == (DEFAULT_SERVED_NAME,)
+    assert _engine_args(namespace).model == default_model_path()
 
 
 def test_bad_engine_argument_is_reported_with_its_field(

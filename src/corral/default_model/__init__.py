@@ -11,6 +11,9 @@ from pathlib import Path
 DEFAULT_MODEL_PATH: Path = Path(__file__).resolve().parent
 """The checkpoint folder: pass it wherever a model path or Hugging Face id goes."""
 
+DEFAULT_SERVED_NAME = "storyteller"
+"""The name `corral serve` gives the embedded model when no model is named."""
+
 
 def default_model_path() -> str:
     """The checkpoint folder as a string, the form ``model=`` arguments take.

@@ -19,6 +19,7 @@ import anyio
 
 import corral
 from corral.config import AsyncEngineArgs
+from corral.default_model import DEFAULT_SERVED_NAME, default_model_path
 from corral.entrypoints.cli_args import add_attrs_options, collect
 from corral.entrypoints.openai_server import DEFAULT_MAX_BODY_SIZE
 from corral.entrypoints.serve import LOOPS, ServerSettings, run_server
@@ -33,8 +34,14 @@ _GENERATE_SKIP = (
 _BENCHMARKS = ("throughput", "serving")
 
 
+_MODEL_HELP = (
+    "Path of a Hugging Face model folder (or a model id in the local Hugging Face cache). "
+    "Default: the embedded storyteller model (corral.default_model)."
+)
+
+
 def _engine_options(parser: argparse.ArgumentParser) -> list[str]:
-    parser.add_argument("model", help="Path of a Hugging Face model folder (or a hub name).")
+    parser.add_argument("model", nargs="?", default=None, help=_MODEL_HELP)
     group = parser.add_argument_group("engine options (corral.config.AsyncEngineArgs)")
     return ["model", *add_attrs_options(group, AsyncEngineArgs, skip=("model",))]
 
@@ -77,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser(
         "generate", help="Stream one completion to the terminal.",
-        description="Generate a completion of PROMPT and stream its text to stdout.",
+        description="Generate a completion of PROMPT and stream its text to stdout. "
+        "With one positional argument, it is the prompt and the embedded default model "
+        "answers (corral generate \"Once upon a time\").",
     )  # fmt: skip
     engine_fields = _engine_options(generate)
-    generate.add_argument("prompt", help="The prompt text.")
+    generate.add_argument("prompt", nargs="?", default=None, help="The prompt text.")
     sampling = generate.add_argument_group("sampling options (corral.SamplingParams)")
     sampling_fields = add_attrs_options(sampling, SamplingParams, skip=_GENERATE_SKIP)
     generate.set_defaults(
@@ -99,7 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_args(namespace: argparse.Namespace) -> AsyncEngineArgs:
+    if namespace.model is None:
+        namespace.model = default_model_path()
     return AsyncEngineArgs(**collect(namespace, namespace.engine_fields))
+
+
+def _default_names(namespace: argparse.Namespace) -> tuple[str, ...]:
+    # The embedded model is served under a short name rather than its install path.
+    return (DEFAULT_SERVED_NAME,) if namespace.model is None else ()
 
 
 def _serve(namespace: argparse.Namespace) -> int:
@@ -108,7 +124,7 @@ def _serve(namespace: argparse.Namespace) -> int:
         port=namespace.port,
         api_key=namespace.api_key,
         loop=namespace.loop,
-        served_model_names=tuple(namespace.served_model_name or ()),
+        served_model_names=tuple(namespace.served_model_name or _default_names(namespace)),
         shutdown_timeout=namespace.shutdown_timeout,
         max_body_size=namespace.max_request_body_size,
     )
@@ -119,6 +135,11 @@ def _serve(namespace: argparse.Namespace) -> int:
 def _generate(namespace: argparse.Namespace) -> int:
     from corral.engine import open_engine
 
+    if namespace.prompt is None:
+        # `corral generate PROMPT`: the one positional is the prompt, not a model.
+        if namespace.model is None:
+            raise ValueError("generate: give a PROMPT (and optionally a MODEL before it)")
+        namespace.model, namespace.prompt = None, namespace.model
     params = SamplingParams(**collect(namespace, namespace.sampling_fields))
     engine_args = _engine_args(namespace)
 
