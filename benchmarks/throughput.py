@@ -448,17 +448,26 @@ def _rates(elapsed: float, prompt_tokens: int, generated: int) -> dict[str, Any]
     }
 
 
-def _guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one system; a failure becomes the reason in the JSON instead of a crash."""
+def _guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one system; a failure becomes the reason in the JSON instead of a crash.
+
+    The 1-minute load average before and after each system goes into its entry:
+    on a shared machine it tells which numbers ran beside someone else's work.
+    """
+    load = {"load_average_1m_before": round(os.getloadavg()[0], 2)}
+    print(f"[throughput] {name} ...", file=sys.stderr, flush=True)
     try:
-        return {"status": "ok", **fn()}
+        out = {"status": "ok", **fn()}
+        load["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+        print(f"[throughput] {name}: {out.get('output_tokens_per_s')} tok/s", file=sys.stderr)
+        return out | load
     # Any failure of one system is reported in the JSON, not fatal to the others.
     except Exception as exc:
         return {
             "status": "failed",
             "error": f"{type(exc).__name__}: {exc}",
             "traceback_tail": traceback.format_exc().splitlines()[-6:],
-        }
+        } | load
 
 
 # ---------------------------------------------------------------- report
@@ -651,27 +660,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         hf_model = build_model(folder, shape, args.seed)
         params = param_counts(hf_model)
         llm = make_llm(folder)
-        systems["corral"] = _guarded(lambda: run_corral(llm, prompts, warmup, output_len))
+        systems["corral"] = _guarded("corral", lambda: run_corral(llm, prompts, warmup, output_len))
         # Fresh prompts (another seed): the first run's blocks sit in the prefix
         # cache, and the decode regime should not depend on that.
         decode_prompts = workload(
             decode_batch, shape["vocab_size"], args.min_prompt, args.max_prompt, args.seed + 1
         )
         result["decode_only"] = _guarded(
-            lambda: run_corral_decode(llm, decode_prompts, decode_batch, output_len)
+            "decode_only", lambda: run_corral_decode(llm, decode_prompts, decode_batch, output_len)
         )
         budget = llm.engine_core.config.max_num_batched_tokens
         # Frees corral's KV cache (gigabytes) before the peers run.
         llm = None
         for bs in args.static_batch_sizes:
             systems[f"generate_bs{bs}"] = _guarded(
-                lambda bs=bs: run_generate(hf_model, prompts, warmup, output_len, bs)
+                f"generate_bs{bs}",
+                lambda bs=bs: run_generate(hf_model, prompts, warmup, output_len, bs),
             )
         if args.no_generate_batch:
             systems["generate_batch"] = {"status": "skipped", "error": "--no-generate-batch"}
         else:
             systems["generate_batch"] = _guarded(
-                lambda: run_generate_batch(hf_model, prompts, warmup, output_len, budget)
+                "generate_batch",
+                lambda: run_generate_batch(hf_model, prompts, warmup, output_len, budget),
             )
     gemm_after = gemm_rate(args.gemm_size)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
