@@ -620,6 +620,42 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs of the same workload at different rates.
+
+    The servers' rows are pooled and sorted by rate and the target is evaluated
+    again on the pool; ``merged_runs`` keeps which rates each run measured.
+    """
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    workload = first["config"]["workload"]
+    seen: set[str] = set()
+    for result in results:
+        if result["config"]["workload"] != workload:
+            raise SystemExit("--from-json: the runs measured different workloads")
+        rates = {str(rate) for rate in result["config"]["rates"]}
+        if rates & seen:
+            raise SystemExit(f"--from-json: rates {sorted(rates & seen)} measured twice")
+        seen |= rates
+
+    def order(rate: float | str) -> float:
+        return math.inf if rate == "inf" else float(rate)
+
+    merged = {**first, "servers": {}}
+    for result in results:
+        for name, server in result["servers"].items():
+            entry = merged["servers"].setdefault(name, {**server, "rates": []})
+            entry["rates"] = entry["rates"] + server.get("rates", [])
+    for entry in merged["servers"].values():
+        entry["rates"].sort(key=lambda row: order(row["request_rate"]))
+    rates = sorted({rate for r in results for rate in r["config"]["rates"]}, key=order)
+    merged["config"] = {**first["config"], "rates": rates}
+    merged["merged_runs"] = [{"rates": r["config"]["rates"]} for r in results]
+    merged["target"] = evaluate_target(merged["servers"])
+    return merged
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The per-rate numbers of every server as a Markdown table (milliseconds)."""
 
@@ -696,12 +732,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--out", type=Path, help="Write the JSON results here (also printed).")
     out.add_argument("--plot", type=Path, help="Write latency-vs-rate plots here (PNG).")
     out.add_argument("--table", type=Path, help="Write a Markdown table of the results here.")
-    out.add_argument("--from-json", type=Path, metavar="JSON",
-                     help="Redraw --plot and --table from saved results; run nothing.")  # fmt: skip
+    out.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                     help="Redraw --plot and --table from saved results, merging runs of "
+                     "other rates (with --out, save the merge); run nothing.")  # fmt: skip
     args = parser.parse_args(argv)
     redraw = args.make_model is not None or args.from_json is not None
     if not redraw and (args.base_url is None) == (args.launch is None):
-        parser.error("give exactly one of --base-url and --launch (or --make-model)")
+        parser.error("give exactly one of --base-url and --launch (or --make-model, --from-json)")
     if args.base_url and not args.model:
         parser.error("--base-url needs --model")
     quick = args.quick
@@ -720,7 +757,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(f"saved the benchmark model in {args.make_model}", file=sys.stderr)
         return None
     if args.from_json is not None:
-        result = json.loads(args.from_json.read_text())
+        result = merge_results([json.loads(path.read_text()) for path in args.from_json])
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
         _write_outputs(result, args)
         return result
     with tempfile.TemporaryDirectory(prefix="corral-serving-") as scratch:

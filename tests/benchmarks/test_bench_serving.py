@@ -81,3 +81,42 @@ def test_workload_prompts_have_their_drawn_token_counts() -> None:
     for request in requests:
         assert 32 <= request.prompt_len <= 512 and 64 <= request.output_len <= 256
         assert len(request.prompt.split()) == request.prompt_len
+
+
+def _row(rate: float | str, p99_ttft_ms: float, errors: int = 0) -> dict:
+    stats = {"mean": p99_ttft_ms / 2, "median": p99_ttft_ms / 2, "p99": p99_ttft_ms}
+    return {"request_rate": rate, "errors": errors, "ttft_ms": stats}
+
+
+def test_target_compares_at_the_peers_highest_rate_under_two_seconds() -> None:
+    serving = _load_script()
+    servers = {
+        "corral": {"rates": [_row(1.0, 400), _row(2.0, 600), _row(3.0, 1900), _row(4.0, 2500)]},
+        "transformers": {"rates": [_row(1.0, 1000), _row(2.0, 2100), _row(3.0, 900, errors=1)]},
+    }
+    target = serving.evaluate_target(servers)
+    assert target["peer_max_rate"] == 1.0
+    assert target["corral_max_rate"] == 3.0
+    assert target["p99_ttft_ratio_at_peer_max_rate"] == pytest.approx(0.4)
+    assert target["p99_ttft_target_met"] is True
+    assert target["sustained_rate_ratio"] == pytest.approx(3.0)
+    assert target["sustained_rate_target_met"] is True
+    assert target["corral_max_rate_is_lower_bound"] is False
+
+
+def test_merging_runs_pools_rates_in_order_and_rejects_a_rate_measured_twice() -> None:
+    serving = _load_script()
+
+    def run(rates: list[float]) -> dict:
+        rows = [_row(rate, 100 * rate) for rate in rates]
+        return {
+            "config": {"rates": rates, "workload": {"seed": 0}},
+            "servers": {"corral": {"rates": rows}, "transformers": {"rates": rows}},
+        }
+
+    merged = serving.merge_results([run([0.5, 2.0]), run([1.0])])
+    assert merged["config"]["rates"] == [0.5, 1.0, 2.0]
+    assert [r["request_rate"] for r in merged["servers"]["corral"]["rates"]] == [0.5, 1.0, 2.0]
+    assert merged["target"]["peer_max_rate"] == 2.0
+    with pytest.raises(SystemExit, match="measured twice"):
+        serving.merge_results([run([0.5]), run([0.5])])
