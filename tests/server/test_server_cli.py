@@ -57,6 +57,11 @@ def test_generate_without_a_model_uses_the_embedded_default(
     assert expected.strip()
 
 
+def test_generate_defaults_to_a_whole_story_not_sixteen_tokens() -> None:
+    namespace = build_parser().parse_args(["generate", "Once upon a time"])
+    assert namespace.max_tokens == 256
+
+
 def test_serve_without_a_model_serves_the_embedded_default_as_storyteller() -> None:
     namespace = build_parser().parse_args(["serve", "--port", "0"])
     assert namespace.model is None

@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine_fields = _engine_options(generate)
     generate.add_argument("prompt", nargs="?", default=None, help="The prompt text.")
     sampling = generate.add_argument_group("sampling options (corral.SamplingParams)")
-    sampling_fields = add_attrs_options(sampling, SamplingParams, skip=_GENERATE_SKIP)
+    # vLLM's default of 16 tokens cuts a story short; a terminal wants a whole one.
+    sampling_fields = add_attrs_options(
+        sampling, SamplingParams, skip=_GENERATE_SKIP, defaults={"max_tokens": 256}
+    )
     generate.set_defaults(
         handler=_generate, engine_fields=engine_fields, sampling_fields=sampling_fields,
         log_requests=False, disable_log_stats=True,
