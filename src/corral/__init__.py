@@ -17,6 +17,7 @@ from corral.engine import open_engine_from_core as open_engine_from_core
 from corral.errors import CorralError as CorralError
 from corral.errors import EngineClosedError as EngineClosedError
 from corral.errors import EngineDeadError as EngineDeadError
+from corral.errors import NativeBuildError as NativeBuildError
 from corral.errors import NotSupportedError as NotSupportedError
 from corral.llm import LLM as LLM
 from corral.outputs import CompletionOutput as CompletionOutput

@@ -24,3 +24,10 @@ class NotSupportedError(CorralError, NotImplementedError):
 
 class EngineClosedError(EngineDeadError):
     """The engine is not running: used outside its ``async with`` block."""
+
+
+class NativeBuildError(CorralError, RuntimeError):
+    """corral's C++/CUDA extension cannot be built here or its sources are missing.
+
+    The message says what to install (a C++ compiler, ninja, the CUDA toolkit).
+    """
