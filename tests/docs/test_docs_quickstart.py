@@ -107,7 +107,7 @@ def test_every_example_of_the_page_is_tagged_and_tested() -> None:
         untagged = [b.line for b in blocks(page) if b.lang in RUNNABLE and b.name is None]
         assert untagged == [], f"docs/{page}: untested example at lines {untagged}"
     assert set(QUICKSTART) == {
-        "install", "model", "cli-generate", "cli-generate-output", "offline", "serve",
+        "install", "install-pip", "model", "cli-generate", "cli-generate-output", "offline", "serve",
         "openai-client", "trio", "asyncio",
     }  # fmt: skip
 
@@ -119,6 +119,17 @@ def test_install_commands_name_what_exists() -> None:
     assert os.access(ROOT / "scripts" / "bootstrap", os.X_OK)
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "bootstrap")]).returncode == 0
     assert Path(sys.executable).parent.joinpath("corral").exists()
+
+
+def test_pip_route_installs_this_version_and_ci_takes_it() -> None:
+    # Building and installing a wheel here takes minutes: scripts/check_wheel.sh runs
+    # that route in CI. Here: the commands name this version's wheel and that script.
+    commands = QUICKSTART["install-pip"].commands()
+    assert commands[0] == "python -m build"
+    assert f"pip install dist/corral-{corral.__version__}-py3-none-any.whl" in commands
+    assert commands[-1] == 'cd ~ && corral generate "Once upon a time"'
+    assert os.access(ROOT / "scripts" / "check_wheel.sh", os.X_OK)
+    assert "scripts/check_wheel.sh" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_model_command_prints_the_embedded_model_path() -> None:

@@ -77,6 +77,14 @@ _lock = threading.Lock()
 _loaded: pathlib.Path | None = None
 
 
+def _native_build_error(message: str) -> Exception:
+    # Imported only when raising: scripts/cuda_compile_check.py loads this module by
+    # path in a virtual environment that has torch but not corral.
+    from corral.errors import NativeBuildError
+
+    return NativeBuildError(message)
+
+
 def native_dir() -> pathlib.Path:
     """The folder holding the native sources: the packaged copy, else the checkout's.
 
@@ -86,7 +94,7 @@ def native_dir() -> pathlib.Path:
     for folder in (PACKAGED_NATIVE_DIR, CHECKOUT_NATIVE_DIR):
         if (folder / "bindings.cpp").is_file():
             return folder
-    raise NativeBuildError(
+    raise _native_build_error(
         f"corral's native sources are missing: neither {PACKAGED_NATIVE_DIR} (an installed "
         f"package) nor {CHECKOUT_NATIVE_DIR} (an editable checkout) holds bindings.cpp; "
         "reinstall corral"
@@ -140,14 +148,6 @@ def build_directory(with_cuda: bool) -> pathlib.Path:
     capability = torch.backends.cpu.get_cpu_capability().lower()
     key = f"torch{torch.__version__.split('+')[0]}-{variant}-{capability}-{digest}"
     return root / "torch_extensions" / key
-
-
-def _native_build_error(message: str) -> Exception:
-    # Imported only when raising: scripts/cuda_compile_check.py loads this module by
-    # path in a virtual environment that has torch but not corral.
-    from corral.errors import NativeBuildError
-
-    return NativeBuildError(message)
 
 
 def _is_stale(library: pathlib.Path) -> bool:
