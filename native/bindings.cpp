@@ -20,4 +20,25 @@ TORCH_LIBRARY(corral, m) {
       "Tensor block_mapping) -> ()");
   // Move whole blocks between two caches (device <-> host, or host <-> host).
   m.def("swap_blocks(Tensor src, Tensor(a!) dst, Tensor block_mapping) -> ()");
+
+  // Fused element-wise ops of the decoder layers (vLLM's names and argument order).
+  // Math is float32 whatever the storage dtype.
+  // out = input * rsqrt(mean(input^2) + epsilon) * weight, over the last dimension.
+  m.def("rms_norm(Tensor(a!) out, Tensor input, Tensor weight, float epsilon) -> ()");
+  // residual += input, then input = rms_norm(residual): both in place, one pass.
+  m.def(
+      "fused_add_rms_norm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, "
+      "float epsilon) -> ()");
+  // out = silu(input[..., :d]) * input[..., d:].
+  m.def("silu_and_mul(Tensor(a!) out, Tensor input) -> ()");
+  // out = the tanh approximation of GELU (GPT-2's gelu_new) of input.
+  m.def("gelu_tanh(Tensor(a!) out, Tensor input) -> ()");
+  // Rotates query and key in place at each token's position; cos_sin_cache is
+  // [max_position, rot_dim] holding cos then sin; neox (rotate-half) or GPT-J
+  // (interleaved pairs) layout.
+  m.def(
+      "rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, "
+      "Tensor cos_sin_cache, bool is_neox) -> ()");
+  // out[r] = log_softmax(logits[r])[token_ids[r]] without the [rows, vocab] log_softmax.
+  m.def("token_logprobs(Tensor(a!) out, Tensor logits, Tensor token_ids) -> ()");
 }

@@ -31,11 +31,22 @@ import torch
 
 __all__ = [
     "copy_blocks",
+    "fused_add_rms_norm",
+    "gelu_tanh",
     "load_library",
     "paged_attention",
     "reshape_and_cache",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
     "swap_blocks",
+    "token_logprobs",
 ]
+
+# Set once the library is loaded; the wrappers test it without taking the build
+# lock, so a hot path pays one global read per call. A stale False only sends a
+# caller to load_library, which is idempotent under its own lock.
+_ready = False
 
 
 def load_library() -> pathlib.Path:
@@ -47,10 +58,18 @@ def load_library() -> pathlib.Path:
     Returns:
         The path of the loaded shared library.
     """
+    global _ready
     # Imported here so that ``python -m corral.ops.build`` runs the module once.
     from corral.ops import build
 
-    return build.load_library()
+    path = build.load_library()
+    _ready = True
+    return path
+
+
+def _ensure_loaded() -> None:
+    if not _ready:
+        load_library()
 
 
 def reshape_and_cache(
@@ -70,7 +89,7 @@ def reshape_and_cache(
         slot_mapping: int64 ``[num_tokens]``; token ``i`` goes to slot
             ``slot_mapping[i]``. A negative slot skips the token (padding).
     """
-    load_library()
+    _ensure_loaded()
     torch.ops.corral.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
@@ -109,7 +128,7 @@ def paged_attention(
         sliding_window: attend to at most this many most recent positions; ``<= 0``
             means no window.
     """
-    load_library()
+    _ensure_loaded()
     torch.ops.corral.paged_attention(
         out,
         query,
@@ -136,7 +155,7 @@ def copy_blocks(
         block_mapping: int64 ``[n, 2]`` of (source block, destination block). A block
             may not be written twice, nor be both a source and a destination.
     """
-    load_library()
+    _ensure_loaded()
     torch.ops.corral.copy_blocks(key_caches, value_caches, block_mapping)
 
 
@@ -149,5 +168,111 @@ def swap_blocks(src: torch.Tensor, dst: torch.Tensor, block_mapping: torch.Tenso
         block_mapping: int64 CPU ``[n, 2]`` of (block in ``src``, block in ``dst``);
             no destination block twice.
     """
-    load_library()
+    _ensure_loaded()
     torch.ops.corral.swap_blocks(src, dst, block_mapping)
+
+
+def rms_norm(out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, epsilon: float) -> None:
+    """RMSNorm over the last dimension, into ``out``.
+
+    ``out = T(T(x * rsqrt(mean(x**2) + epsilon)) * weight)`` with float32 math and the
+    roundings transformers makes (``T`` is the storage dtype). ``out`` may be
+    ``input`` itself.
+
+    Args:
+        out: same shape and dtype as ``input``, written in place.
+        input: ``[..., hidden_size]``, float32, bfloat16 or float16, contiguous in the
+            last dimension (leading dimensions may be strided).
+        weight: ``[hidden_size]``, the input's dtype.
+        epsilon: added to the mean square; non-negative.
+    """
+    _ensure_loaded()
+    torch.ops.corral.rms_norm(out, input, weight, epsilon)
+
+
+def fused_add_rms_norm(
+    input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, epsilon: float
+) -> None:
+    """``residual += input`` then ``input = rms_norm(residual)``, both in place, in one pass.
+
+    The sum is rounded to the storage dtype before it is normalized, as a separate
+    add would round it.
+
+    Args:
+        input: ``[..., hidden_size]``; receives the normalized sum.
+        residual: same shape and dtype, another tensor; receives the sum.
+        weight: ``[hidden_size]``, the input's dtype.
+        epsilon: added to the mean square; non-negative.
+    """
+    _ensure_loaded()
+    torch.ops.corral.fused_add_rms_norm(input, residual, weight, epsilon)
+
+
+def silu_and_mul(out: torch.Tensor, input: torch.Tensor) -> None:
+    """SwiGLU's gate: ``out = silu(input[..., :d]) * input[..., d:]``.
+
+    Args:
+        out: ``[..., d]``, the input's dtype, written in place.
+        input: ``[..., 2 * d]`` (gate then up), contiguous in the last dimension.
+    """
+    _ensure_loaded()
+    torch.ops.corral.silu_and_mul(out, input)
+
+
+def gelu_tanh(out: torch.Tensor, input: torch.Tensor) -> None:
+    """The tanh approximation of GELU (GPT-2's ``gelu_new``), into ``out``.
+
+    Args:
+        out: same shape and dtype as ``input``, written in place.
+        input: ``[..., n]``, contiguous in the last dimension.
+    """
+    _ensure_loaded()
+    torch.ops.corral.gelu_tanh(out, input)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+) -> None:
+    """Rotate every head of ``query`` and ``key`` in place at its token's position.
+
+    The first ``rot_dim`` entries of each head are rotated (the rest are left as
+    they are): in the neox layout entry ``i`` pairs with ``i + rot_dim / 2``, in the
+    GPT-J layout entries ``2i`` and ``2i + 1`` pair; pair ``i`` turns by the angle
+    whose cosine and sine are ``cos_sin_cache[pos, i]`` and
+    ``cos_sin_cache[pos, rot_dim / 2 + i]``.
+
+    Args:
+        positions: int64 ``[num_tokens]``, each below ``max_position``.
+        query: ``[num_tokens, num_heads * head_size]`` or ``[num_tokens, num_heads,
+            head_size]``, contiguous in the last dimension (a view of a fused qkv
+            output is fine).
+        key: the same for the kv heads, the query's dtype.
+        head_size: size of one head.
+        cos_sin_cache: contiguous ``[max_position, rot_dim]``, float32 or the query's
+            dtype; ``rot_dim`` even and at most ``head_size``.
+        is_neox: rotate-half layout (Llama, neox) rather than interleaved (GPT-J).
+    """
+    _ensure_loaded()
+    torch.ops.corral.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
+
+
+def token_logprobs(out: torch.Tensor, logits: torch.Tensor, token_ids: torch.Tensor) -> None:
+    """Each row's log-probability of one token: ``log_softmax(logits[r])[token_ids[r]]``.
+
+    Reads each row once (max, then the sum of exponentials) and writes no
+    ``[rows, vocab]`` result, so a sampler reports the chosen token's logprob
+    without a full log-softmax.
+
+    Args:
+        out: float32 ``[rows]``, contiguous, written in place.
+        logits: float32 ``[rows, vocab]``, contiguous in the vocab dimension.
+        token_ids: int64 ``[rows]``, each in ``[0, vocab)``; on a CUDA ``logits``
+            they may be on the CPU (no synchronisation) or on the device.
+    """
+    _ensure_loaded()
+    torch.ops.corral.token_logprobs(out, logits, token_ids)

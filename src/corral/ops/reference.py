@@ -11,10 +11,16 @@ import torch
 
 __all__ = [
     "copy_blocks",
+    "fused_add_rms_norm",
     "gather_kv",
+    "gelu_tanh",
     "paged_attention",
     "reshape_and_cache",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
     "swap_blocks",
+    "token_logprobs",
 ]
 
 
@@ -97,3 +103,57 @@ def swap_blocks(src: torch.Tensor, dst: torch.Tensor, block_mapping: torch.Tenso
     """Reference of :func:`corral.ops.swap_blocks`."""
     for s, d in block_mapping.tolist():
         dst[d].copy_(src[s])
+
+
+def rms_norm(out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, epsilon: float) -> None:
+    """Reference of :func:`corral.ops.rms_norm`, transformers' ``LlamaRMSNorm`` arithmetic."""
+    x = input.float()
+    normed = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + epsilon)).to(input.dtype)
+    out.copy_(weight * normed)
+
+
+def fused_add_rms_norm(
+    input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, epsilon: float
+) -> None:
+    """Reference of :func:`corral.ops.fused_add_rms_norm`."""
+    residual.copy_(input + residual)
+    rms_norm(input, residual, weight, epsilon)
+
+
+def silu_and_mul(out: torch.Tensor, input: torch.Tensor) -> None:
+    """Reference of :func:`corral.ops.silu_and_mul`."""
+    gate, up = input.chunk(2, dim=-1)
+    out.copy_(torch.nn.functional.silu(gate) * up)
+
+
+def gelu_tanh(out: torch.Tensor, input: torch.Tensor) -> None:
+    """Reference of :func:`corral.ops.gelu_tanh`, computed in float32."""
+    out.copy_(torch.nn.functional.gelu(input.float(), approximate="tanh"))
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+) -> None:
+    """Reference of :func:`corral.ops.rotary_embedding`, computed in float32."""
+    rot_dim = cos_sin_cache.shape[1]
+    cos, sin = cos_sin_cache[positions].float().unsqueeze(1).chunk(2, dim=-1)
+    for x in (query, key):
+        heads = x if x.dim() == 3 else x.view(x.shape[0], x.shape[1] // head_size, head_size)
+        rot = heads[..., :rot_dim].float()
+        if is_neox:
+            x1, x2 = rot.chunk(2, dim=-1)
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        rotated = torch.cat((y1, y2), -1) if is_neox else torch.stack((y1, y2), -1).flatten(-2)
+        heads[..., :rot_dim] = rotated.to(x.dtype)
+
+
+def token_logprobs(out: torch.Tensor, logits: torch.Tensor, token_ids: torch.Tensor) -> None:
+    """Reference of :func:`corral.ops.token_logprobs`."""
+    out.copy_(logits.log_softmax(dim=-1).gather(1, token_ids.unsqueeze(1)).squeeze(1))

@@ -1,0 +1,496 @@
+// CPU kernels of the fused element-wise ops: rms_norm, fused_add_rms_norm,
+// silu_and_mul, gelu_tanh, rotary_embedding, and the sampler's token_logprobs. Each one reads a row once (or
+// twice from L1) where the op-by-op torch code makes a pass and an allocation per
+// step. Math is float32 whatever the storage dtype; where transformers rounds an
+// intermediate to the activation dtype (the normalized row before the weight, the
+// activation before the product), the kernels round at the same place so that
+// bfloat16 results match it as closely as float32 ones do.
+#include "vec_math.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+namespace corral {
+namespace {
+
+using cpu::fVec;
+using cpu::kVec;
+using cpu::load_f32;
+using cpu::store_f32;
+
+// Rounds float32 lanes to T and back: the value a T tensor would hold.
+template <typename T>
+inline fVec round_to(const fVec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+  }
+}
+
+template <typename T>
+inline float round_to(float x) {
+  return static_cast<float>(static_cast<T>(x));
+}
+
+void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+}
+
+void check_float_dtype(const at::Tensor& t, const char* op, const char* name) {
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op, ": ",
+              name, " dtype must be float32, bfloat16 or float16, got ", dtype);
+}
+
+// Calls fn(T{}) for the storage type of a float32 / bfloat16 / float16 tensor
+// (checked by the caller).
+template <typename Fn>
+void dispatch_float_types(at::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat:
+      return fn(float{});
+    case at::kBFloat16:
+      return fn(at::BFloat16{});
+    case at::kHalf:
+      return fn(at::Half{});
+    default:
+      TORCH_CHECK(false, "unsupported dtype ", dtype);
+  }
+}
+
+// Row r of a tensor seen as [rows, last]: the element offset of its first entry.
+// Leading dimensions may have any strides (a q/k view of a fused qkv output);
+// the last dimension must be contiguous.
+class Rows {
+ public:
+  Rows(const at::Tensor& t, const char* op, const char* name)
+      : sizes_(t.sizes().begin(), t.sizes().end() - 1),
+        strides_(t.strides().begin(), t.strides().end() - 1) {
+    TORCH_CHECK(t.dim() >= 1, op, ": ", name, " must have at least one dimension");
+    TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) <= 1, op, ": ", name,
+                " must be contiguous in its last dimension, got strides ", t.strides());
+    count_ = 1;
+    for (const int64_t s : sizes_) {
+      count_ *= s;
+    }
+  }
+  int64_t count() const { return count_; }
+  int64_t offset(int64_t r) const {
+    int64_t off = 0;
+    for (int64_t d = static_cast<int64_t>(sizes_.size()) - 1; d >= 0; --d) {
+      off += (r % sizes_[d]) * strides_[d];
+      r /= sizes_[d];
+    }
+    return off;
+  }
+
+ private:
+  std::vector<int64_t> sizes_;
+  std::vector<int64_t> strides_;
+  int64_t count_;
+};
+
+// Enough rows per thread that a task outweighs the pool's wake-up.
+int64_t grain_for(int64_t row_elems) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_elems, 1));
+}
+
+template <typename T>
+float sum_of_squares(const T* x, int64_t n) {
+  fVec acc(0.0f);
+  int64_t d = 0;
+  for (; d + kVec <= n; d += kVec) {
+    const fVec v = load_f32(x + d);
+    acc = at::vec::fmadd(v, v, acc);
+  }
+  float sum = acc.reduce_add();
+  for (; d < n; ++d) {
+    const float v = static_cast<float>(x[d]);
+    sum += v * v;
+  }
+  return sum;
+}
+
+// out = T(T(x * inv_rms) * weight), transformers' order of roundings.
+template <typename T>
+void normalize_row(T* out, const T* x, const T* weight, int64_t n, float inv_rms) {
+  const fVec r(inv_rms);
+  int64_t d = 0;
+  for (; d + kVec <= n; d += kVec) {
+    store_f32(out + d, round_to<T>(load_f32(x + d) * r) * load_f32(weight + d));
+  }
+  for (; d < n; ++d) {
+    out[d] = static_cast<T>(round_to<T>(static_cast<float>(x[d]) * inv_rms) *
+                            static_cast<float>(weight[d]));
+  }
+}
+
+void check_norm_args(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+                     double epsilon, const char* op, const char* out_name) {
+  check_cpu(out, op, out_name);
+  check_cpu(input, op, "input");
+  check_cpu(weight, op, "weight");
+  check_float_dtype(input, op, "input");
+  TORCH_CHECK(out.scalar_type() == input.scalar_type() &&
+                  weight.scalar_type() == input.scalar_type(),
+              op, ": ", out_name, ", input and weight must share one dtype, got ",
+              out.scalar_type(), ", ", input.scalar_type(), ", ", weight.scalar_type());
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op,
+              ": input must be [..., hidden_size] with hidden_size > 0, got ", input.sizes());
+  TORCH_CHECK(out.sizes() == input.sizes(), op, ": ", out_name, " shape ", out.sizes(),
+              " differs from input shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), op,
+              ": weight must be [hidden_size] = [", input.size(-1), "], got ", weight.sizes());
+  TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous");
+  TORCH_CHECK(epsilon >= 0.0, op, ": epsilon must be non-negative, got ", epsilon);
+}
+
+void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
+              double epsilon) {
+  constexpr const char* op = "rms_norm";
+  check_norm_args(out, input, weight, epsilon, op, "out");
+  const Rows in_rows(input, op, "input");
+  const Rows out_rows(out, op, "out");
+  const int64_t n = input.size(-1);
+  const float eps = static_cast<float>(epsilon);
+  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto* x = input.const_data_ptr<scalar_t>();
+    const auto* w = weight.const_data_ptr<scalar_t>();
+    auto* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, in_rows.count(), grain_for(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = x + in_rows.offset(r);
+        const float inv = 1.0f / std::sqrt(sum_of_squares(row, n) / n + eps);
+        normalize_row(o + out_rows.offset(r), row, w, n, inv);
+      }
+    });
+  });
+}
+
+void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight,
+                        double epsilon) {
+  constexpr const char* op = "fused_add_rms_norm";
+  check_norm_args(residual, input, weight, epsilon, op, "residual");
+  TORCH_CHECK(input.numel() == 0 || input.data_ptr() != residual.data_ptr(), op,
+              ": input and residual must be different tensors");
+  const Rows in_rows(input, op, "input");
+  const Rows res_rows(residual, op, "residual");
+  const int64_t n = input.size(-1);
+  const float eps = static_cast<float>(epsilon);
+  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto* x = input.data_ptr<scalar_t>();
+    auto* res = residual.data_ptr<scalar_t>();
+    const auto* w = weight.const_data_ptr<scalar_t>();
+    at::parallel_for(0, in_rows.count(), grain_for(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* xr = x + in_rows.offset(r);
+        scalar_t* rr = res + res_rows.offset(r);
+        // The sum is stored first and normalized from storage, so the norm sees
+        // the rounded residual a separate add would have produced.
+        int64_t d = 0;
+        for (; d + kVec <= n; d += kVec) {
+          store_f32(rr + d, load_f32(xr + d) + load_f32(rr + d));
+        }
+        for (; d < n; ++d) {
+          rr[d] = static_cast<scalar_t>(static_cast<float>(xr[d]) + static_cast<float>(rr[d]));
+        }
+        const float inv = 1.0f / std::sqrt(sum_of_squares(rr, n) / n + eps);
+        normalize_row(xr, rr, w, n, inv);
+      }
+    });
+  });
+}
+
+void check_gated_args(const at::Tensor& out, const at::Tensor& input, const char* op) {
+  check_cpu(out, op, "out");
+  check_cpu(input, op, "input");
+  check_float_dtype(input, op, "input");
+  TORCH_CHECK(out.scalar_type() == input.scalar_type(), op, ": out dtype ", out.scalar_type(),
+              " differs from input dtype ", input.scalar_type());
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) % 2 == 0, op,
+              ": input must be [..., 2 * d], got ", input.sizes());
+  auto expected = input.sizes().vec();
+  expected.back() /= 2;
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), op, ": out must be ", expected,
+              " for input ", input.sizes(), ", got ", out.sizes());
+}
+
+// out = T(T(silu(gate)) * up) with gate = input[..., :d] and up = input[..., d:].
+void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
+  constexpr const char* op = "silu_and_mul";
+  check_gated_args(out, input, op);
+  const Rows in_rows(input, op, "input");
+  const Rows out_rows(out, op, "out");
+  const int64_t d = out.size(-1);
+  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = scalar_t;
+    const auto* x = input.const_data_ptr<T>();
+    auto* o = out.data_ptr<T>();
+    at::parallel_for(0, in_rows.count(), grain_for(2 * d), [&](int64_t begin, int64_t end) {
+      const fVec one(1.0f);
+      for (int64_t r = begin; r < end; ++r) {
+        const T* gate = x + in_rows.offset(r);
+        const T* up = gate + d;
+        T* dst = o + out_rows.offset(r);
+        int64_t i = 0;
+        for (; i + kVec <= d; i += kVec) {
+          const fVec g = load_f32(gate + i);
+          const fVec act = g / (one + g.neg().exp());
+          store_f32(dst + i, round_to<T>(act) * load_f32(up + i));
+        }
+        for (; i < d; ++i) {
+          const float g = static_cast<float>(gate[i]);
+          const float act = g / (1.0f + std::exp(-g));
+          dst[i] = static_cast<T>(round_to<T>(act) * static_cast<float>(up[i]));
+        }
+      }
+    });
+  });
+}
+
+// The tanh approximation of GELU (GPT-2's gelu_new), out-of-place.
+void gelu_tanh(at::Tensor& out, const at::Tensor& input) {
+  constexpr const char* op = "gelu_tanh";
+  check_cpu(out, op, "out");
+  check_cpu(input, op, "input");
+  check_float_dtype(input, op, "input");
+  TORCH_CHECK(out.scalar_type() == input.scalar_type(), op, ": out dtype ", out.scalar_type(),
+              " differs from input dtype ", input.scalar_type());
+  TORCH_CHECK(out.sizes() == input.sizes(), op, ": out shape ", out.sizes(),
+              " differs from input shape ", input.sizes());
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+  const Rows in_rows(input, op, "input");
+  const Rows out_rows(out, op, "out");
+  const int64_t n = input.size(-1);
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = scalar_t;
+    const auto* x = input.const_data_ptr<T>();
+    auto* o = out.data_ptr<T>();
+    at::parallel_for(0, in_rows.count(), grain_for(n), [&](int64_t begin, int64_t end) {
+      const fVec half(0.5f), one(1.0f), beta(kBeta), kappa(kKappa);
+      for (int64_t r = begin; r < end; ++r) {
+        const T* src = x + in_rows.offset(r);
+        T* dst = o + out_rows.offset(r);
+        int64_t i = 0;
+        for (; i + kVec <= n; i += kVec) {
+          const fVec v = load_f32(src + i);
+          const fVec inner = beta * (v + kappa * v * v * v);
+          store_f32(dst + i, half * v * (one + inner.tanh()));
+        }
+        for (; i < n; ++i) {
+          const float v = static_cast<float>(src[i]);
+          dst[i] = static_cast<T>(0.5f * v * (1.0f + std::tanh(kBeta * (v + kKappa * v * v * v))));
+        }
+      }
+    });
+  });
+}
+
+// Where one of query/key keeps its heads: per token a run of heads of head_size
+// entries, head_stride apart.
+struct HeadLayout {
+  int64_t num_heads;
+  int64_t token_stride;
+  int64_t head_stride;
+};
+
+HeadLayout head_layout(const at::Tensor& t, int64_t num_tokens, int64_t head_size,
+                       const char* op, const char* name) {
+  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name,
+              " must be [num_tokens, num_heads * head_size] or [num_tokens, num_heads, "
+              "head_size], got ",
+              t.sizes());
+  TORCH_CHECK(t.size(0) == num_tokens, op, ": ", name, " has ", t.size(0),
+              " tokens but positions has ", num_tokens);
+  TORCH_CHECK(t.stride(-1) == 1, op, ": ", name,
+              " must be contiguous in its last dimension, got strides ", t.strides());
+  if (t.dim() == 3) {
+    TORCH_CHECK(t.size(2) == head_size, op, ": ", name, " head size ", t.size(2),
+                " differs from head_size ", head_size);
+    return {t.size(1), t.stride(0), t.stride(1)};
+  }
+  TORCH_CHECK(t.size(1) % head_size == 0, op, ": ", name, " width ", t.size(1),
+              " is not a multiple of head_size ", head_size);
+  return {t.size(1) / head_size, t.stride(0), head_size};
+}
+
+template <typename T, typename C>
+void rotate_head(T* x, const C* cos, const C* sin, int64_t rot_dim, bool is_neox) {
+  const int64_t half = rot_dim / 2;
+  if (is_neox) {
+    // Rotate-half layout: entry i pairs with entry i + half.
+    int64_t i = 0;
+    for (; i + kVec <= half; i += kVec) {
+      const fVec c = load_f32(cos + i);
+      const fVec s = load_f32(sin + i);
+      const fVec x1 = load_f32(x + i);
+      const fVec x2 = load_f32(x + half + i);
+      store_f32(x + i, x1 * c - x2 * s);
+      store_f32(x + half + i, x2 * c + x1 * s);
+    }
+    for (; i < half; ++i) {
+      const float c = static_cast<float>(cos[i]);
+      const float s = static_cast<float>(sin[i]);
+      const float x1 = static_cast<float>(x[i]);
+      const float x2 = static_cast<float>(x[half + i]);
+      x[i] = static_cast<T>(x1 * c - x2 * s);
+      x[half + i] = static_cast<T>(x2 * c + x1 * s);
+    }
+  } else {
+    // GPT-J layout: entries 2i and 2i + 1 form a pair.
+    for (int64_t i = 0; i < half; ++i) {
+      const float c = static_cast<float>(cos[i]);
+      const float s = static_cast<float>(sin[i]);
+      const float x1 = static_cast<float>(x[2 * i]);
+      const float x2 = static_cast<float>(x[2 * i + 1]);
+      x[2 * i] = static_cast<T>(x1 * c - x2 * s);
+      x[2 * i + 1] = static_cast<T>(x2 * c + x1 * s);
+    }
+  }
+}
+
+void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                      int64_t head_size, const at::Tensor& cos_sin_cache, bool is_neox) {
+  constexpr const char* op = "rotary_embedding";
+  check_cpu(positions, op, "positions");
+  check_cpu(query, op, "query");
+  check_cpu(key, op, "key");
+  check_cpu(cos_sin_cache, op, "cos_sin_cache");
+  check_float_dtype(query, op, "query");
+  TORCH_CHECK(key.scalar_type() == query.scalar_type(), op, ": key dtype ", key.scalar_type(),
+              " differs from query dtype ", query.scalar_type());
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat ||
+                  cos_sin_cache.scalar_type() == query.scalar_type(),
+              op, ": cos_sin_cache must be float32 or the query's dtype (", query.scalar_type(),
+              "), got ", cos_sin_cache.scalar_type());
+  TORCH_CHECK(positions.scalar_type() == at::kLong, op, ": positions must be int64, got ",
+              positions.scalar_type());
+  TORCH_CHECK(positions.dim() == 1, op, ": positions must be [num_tokens], got ",
+              positions.sizes());
+  TORCH_CHECK(head_size > 0, op, ": head_size must be positive, got ", head_size);
+  TORCH_CHECK(cos_sin_cache.dim() == 2 && cos_sin_cache.is_contiguous(), op,
+              ": cos_sin_cache must be a contiguous [max_position, rot_dim], got ",
+              cos_sin_cache.sizes());
+  const int64_t rot_dim = cos_sin_cache.size(1);
+  TORCH_CHECK(rot_dim > 0 && rot_dim % 2 == 0 && rot_dim <= head_size, op,
+              ": cos_sin_cache's rot_dim ", rot_dim,
+              " must be even, positive and at most head_size ", head_size);
+  const int64_t num_tokens = positions.size(0);
+  const HeadLayout q = head_layout(query, num_tokens, head_size, op, "query");
+  const HeadLayout k = head_layout(key, num_tokens, head_size, op, "key");
+  const at::Tensor pos_c = positions.contiguous();
+  const int64_t* pos = pos_c.const_data_ptr<int64_t>();
+  const int64_t max_position = cos_sin_cache.size(0);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    TORCH_CHECK(pos[t] >= 0 && pos[t] < max_position, op, ": positions[", t, "] = ", pos[t],
+                " is outside the cos_sin_cache's ", max_position, " positions");
+  }
+  const int64_t heads = q.num_heads + k.num_heads;
+  dispatch_float_types(query.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = scalar_t;
+    auto* qp = query.data_ptr<T>();
+    auto* kp = key.data_ptr<T>();
+    auto run = [&](const auto* table) {
+      at::parallel_for(0, num_tokens * heads, grain_for(head_size), [&](int64_t b, int64_t e) {
+        for (int64_t item = b; item < e; ++item) {
+          const int64_t t = item / heads;
+          const int64_t h = item % heads;
+          const auto* cos = table + pos[t] * rot_dim;
+          const auto* sin = cos + rot_dim / 2;
+          T* x = h < q.num_heads ? qp + t * q.token_stride + h * q.head_stride
+                                 : kp + t * k.token_stride + (h - q.num_heads) * k.head_stride;
+          rotate_head(x, cos, sin, rot_dim, is_neox);
+        }
+      });
+    };
+    if (cos_sin_cache.scalar_type() == at::kFloat) {
+      run(cos_sin_cache.const_data_ptr<float>());
+    } else {
+      run(cos_sin_cache.const_data_ptr<T>());
+    }
+  });
+}
+
+// out[r] = logits[r, token_ids[r]] - logsumexp(logits[r]): one read of each row,
+// no [rows, vocab] result written (what log_softmax + gather would cost).
+void token_logprobs(at::Tensor& out, const at::Tensor& logits, const at::Tensor& token_ids) {
+  constexpr const char* op = "token_logprobs";
+  check_cpu(out, op, "out");
+  check_cpu(logits, op, "logits");
+  check_cpu(token_ids, op, "token_ids");
+  TORCH_CHECK(logits.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat, op,
+              ": logits and out must be float32, got ", logits.scalar_type(), " and ",
+              out.scalar_type());
+  TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0, op,
+              ": logits must be [rows, vocab] with vocab > 0, got ", logits.sizes());
+  TORCH_CHECK(logits.stride(1) == 1, op, ": logits must be contiguous in the vocab dimension");
+  TORCH_CHECK(token_ids.scalar_type() == at::kLong, op, ": token_ids must be int64, got ",
+              token_ids.scalar_type());
+  const int64_t rows = logits.size(0);
+  const int64_t vocab = logits.size(1);
+  TORCH_CHECK(token_ids.dim() == 1 && token_ids.size(0) == rows, op,
+              ": token_ids must be [rows] = [", rows, "], got ", token_ids.sizes());
+  TORCH_CHECK(out.dim() == 1 && out.size(0) == rows && out.is_contiguous(), op,
+              ": out must be a contiguous [rows] = [", rows, "], got ", out.sizes());
+  const at::Tensor ids_c = token_ids.contiguous();
+  const int64_t* ids = ids_c.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(ids[r] >= 0 && ids[r] < vocab, op, ": token_ids[", r, "] = ", ids[r],
+                " is outside the vocabulary of ", vocab);
+  }
+  const float* x = logits.const_data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t stride = logits.stride(0);
+  at::parallel_for(0, rows, grain_for(vocab), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = x + r * stride;
+      fVec vmax(cpu::kNegInf);
+      int64_t i = 0;
+      for (; i + kVec <= vocab; i += kVec) {
+        vmax = at::vec::maximum(vmax, fVec::loadu(row + i));
+      }
+      float m = vmax.reduce_max();
+      for (; i < vocab; ++i) {
+        m = std::max(m, row[i]);
+      }
+      const fVec vm(m);
+      fVec acc(0.0f);
+      i = 0;
+      for (; i + kVec <= vocab; i += kVec) {
+        acc = acc + (fVec::loadu(row + i) - vm).exp();
+      }
+      float sum = acc.reduce_add();
+      for (; i < vocab; ++i) {
+        sum += std::exp(row[i] - m);
+      }
+      o[r] = (row[ids[r]] - m) - std::log(sum);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(corral, CPU, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
+  m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("gelu_tanh", &gelu_tanh);
+  m.impl("rotary_embedding", &rotary_embedding);
+  m.impl("token_logprobs", &token_logprobs);
+}
+
+}  // namespace corral
