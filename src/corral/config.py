@@ -111,8 +111,9 @@ class EngineArgs:
     Attributes:
         model: Path (or hub name) of a Hugging Face model.
         tokenizer: Tokenizer path; defaults to ``model``.
-        dtype: Weight and activation dtype; "auto" takes the checkpoint's (float16
-            becomes bfloat16 on CPU).
+        dtype: Weight, activation and KV cache dtype; "auto" takes the checkpoint's,
+            except on CPU: bfloat16 for every checkpoint where the CPU has hardware
+            bfloat16 (AVX512-BF16 or AMX; logged once), else float16 becomes bfloat16.
         seed: Seed of the engine's random state (unseeded sampling).
         max_model_len: Context length; None takes the model config's.
         block_size: Tokens per KV block.

@@ -183,3 +183,123 @@ def test_logits_processors_see_output_ids_and_change_the_choice() -> None:
     token = Sampler([], seed=0, device=CPU)(logits, [row(params, [4, 2])]).token_ids[0]
     assert token == int(logits[0].topk(2).indices[1])
     assert seen == [[4, 2]]
+
+
+def expected_seeded_token(logits: torch.Tensor, params: SamplingParams, seq_index: int) -> int:
+    """A seeded row's token, computed the one way the sampler promises: the exponential
+    race over the truncated, temperature-scaled distribution, with the row's own noise."""
+    scaled = logits.unsqueeze(0) / params.temperature
+    top_k = VOCAB if params.top_k < 0 else params.top_k
+    scaled = apply_top_k_top_p(scaled, torch.tensor([top_k]), torch.tensor([params.top_p]))
+    probs = scaled.softmax(dim=-1)[0]
+    assert params.seed is not None
+    generator = torch.Generator().manual_seed(sample_seed(params.seed, seq_index, 0))
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / noise).argmax())
+
+
+def test_mixed_greedy_and_seeded_rows_get_the_tokens_each_asks_for() -> None:
+    logits = random_logits(6, seed=12)
+    greedy = SamplingParams(temperature=0.0)
+    seeded = [
+        SamplingParams(temperature=0.8, seed=5, top_k=10),
+        SamplingParams(temperature=1.3, seed=6, top_p=0.9),
+        SamplingParams(temperature=1.0, seed=7),
+    ]
+    params = [greedy, seeded[0], greedy, seeded[1], seeded[2], greedy]
+    rows = [row(p, seq_index=i) for i, p in enumerate(params)]
+    out = Sampler([], seed=0, device=CPU)(logits, rows)
+    for i, p in enumerate(params):
+        if p.greedy:
+            assert out.token_ids[i] == int(logits[i].argmax())
+        else:
+            assert out.token_ids[i] == expected_seeded_token(logits[i], p, i)
+
+
+def test_raw_logprobs_are_reported_for_rows_with_and_without_top_logprobs() -> None:
+    logits = random_logits(4, seed=13)
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0, logprobs=2),
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=1.0, seed=2, logprobs=0),
+    ]
+    out = Sampler([], seed=0, device=CPU)(logits, [row(p) for p in params])
+    raw = logits.log_softmax(-1)
+    for i, token in enumerate(out.token_ids):
+        assert out.logprobs[i] == pytest.approx(float(raw[i, token]), abs=1e-5)
+    assert out.top_logprobs[0] is None and out.top_logprobs[2] is None
+    assert out.top_logprobs[1] is not None and len(out.top_logprobs[1]) in (2, 3)
+    assert out.top_logprobs[3] == {out.token_ids[3]: pytest.approx(float(raw[3, out.token_ids[3]]))}
+
+
+class _Spy:
+    """Counts calls of a tensor method and the rows each call saw."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.rows: list[int] = []
+        original = getattr(torch.Tensor, name)
+
+        def spy(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+            self.rows.append(tensor.shape[0] if tensor.dim() > 1 else 1)
+            return original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+
+
+def test_a_batch_that_asks_for_no_logprobs_computes_no_log_softmax(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log_softmax = _Spy(monkeypatch, "log_softmax")
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=3)]
+    Sampler([], seed=0, device=CPU)(random_logits(2, seed=14), [row(p) for p in params])
+    assert log_softmax.rows == []
+
+
+def test_log_softmax_covers_only_the_rows_that_ask_for_logprobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log_softmax = _Spy(monkeypatch, "log_softmax")
+    params = [SamplingParams(temperature=0.0)] * 5 + [SamplingParams(temperature=0.0, logprobs=1)]
+    Sampler([], seed=0, device=CPU)(random_logits(6, seed=15), [row(p) for p in params])
+    assert log_softmax.rows == [1]
+
+
+def test_an_all_greedy_batch_draws_no_noise_and_sorts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exponential = _Spy(monkeypatch, "exponential_")
+    sort = _Spy(monkeypatch, "sort")
+    softmax = _Spy(monkeypatch, "softmax")
+    Sampler([], seed=0, device=CPU)(random_logits(8, seed=16), [row(SamplingParams(temperature=0))] * 8)
+    assert exponential.rows == [] and sort.rows == [] and softmax.rows == []
+
+
+def test_top_k_top_p_run_only_on_the_rows_that_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    sort = _Spy(monkeypatch, "sort")
+    params = [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=1.0, top_k=5),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.0, top_p=0.5),
+        SamplingParams(temperature=1.0),
+    ]
+    Sampler([], seed=0, device=CPU)(random_logits(5, seed=17), [row(p) for p in params])
+    assert sort.rows == [2]
+
+
+def test_sampled_rows_draw_noise_only_for_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
+    exponential = _Spy(monkeypatch, "exponential_")
+    params = [SamplingParams(temperature=0.0)] * 6 + [SamplingParams(temperature=1.0)] * 2
+    Sampler([], seed=0, device=CPU)(random_logits(8, seed=18), [row(p) for p in params])
+    assert exponential.rows == [2]
+
+
+def test_logits_are_not_copied_when_no_row_edits_them() -> None:
+    logits = random_logits(3, seed=19)
+    sampler = Sampler([], seed=0, device=CPU)
+    plain = [row(SamplingParams(temperature=0.0))] * 3
+    assert sampler._process(logits, plain) is logits
+    penalized = [row(SamplingParams(temperature=0.0, presence_penalty=0.5), [1])] * 3
+    edited = sampler._process(logits, penalized)
+    assert edited is not logits and torch.equal(logits, random_logits(3, seed=19))

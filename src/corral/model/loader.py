@@ -11,7 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from corral.model.config import ModelConfig, hf_head_size, hf_max_positions, hf_num_kv_heads
+from corral.model.config import (
+    ModelConfig,
+    auto_cpu_dtype,
+    hf_head_size,
+    hf_max_positions,
+    hf_num_kv_heads,
+)
 from corral.model.models.registry import resolve_architecture
 from corral.model.weights import init_dummy_weights, iterate_checkpoint
 
@@ -52,8 +58,9 @@ def resolve_model_path(model: str, revision: str | None = None) -> str:
 def resolve_dtype(dtype: str | torch.dtype, hf_config: Any, device: str) -> torch.dtype:
     """The compute dtype for ``dtype`` ("auto" follows the checkpoint).
 
-    On CPU, "auto" turns a float16 checkpoint into bfloat16: CPU float16 GEMMs have no
-    fast path, while bfloat16 runs faster than float32 on AVX-512 BF16 hardware.
+    On CPU, "auto" runs bfloat16 where the CPU has hardware bfloat16 (AVX512-BF16 or
+    AMX), float32 checkpoints included, and otherwise turns only float16 checkpoints
+    into bfloat16 (see `corral.model.config.auto_cpu_dtype`).
 
     Raises:
         ValueError: for an unknown dtype name.
@@ -65,8 +72,8 @@ def resolve_dtype(dtype: str | torch.dtype, hf_config: Any, device: str) -> torc
         if isinstance(config_dtype, str):
             config_dtype = _DTYPES.get(config_dtype, torch.float32)
         chosen = config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
-        if chosen == torch.float16 and torch.device(device).type == "cpu":
-            chosen = torch.bfloat16
+        if torch.device(device).type == "cpu" and chosen.is_floating_point:
+            chosen = auto_cpu_dtype(chosen)
     elif dtype in _DTYPES:
         chosen = _DTYPES[dtype]
     else:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
+from corral import ops
 from corral.core.interface import Logprobs
 from corral.model.logits_transforms import (
     apply_min_p,
@@ -65,9 +66,21 @@ class SamplerOutput:
 class Sampler:
     """Applies every `SamplingParams` to a batch of logits rows and draws tokens.
 
+    A call runs in three phases, each doing only the work some row asked for:
+
+    1. per-row logits processing (logits processors, penalties, the ``min_tokens``
+       EOS mask): a row that needs none is not touched, and the logits are not
+       copied when no row needs any;
+    2. choosing: greedy rows take their argmax; the other rows alone are scaled by
+       their temperature, truncated (top-k / top-p, min-p only on the rows that set
+       them) and drawn;
+    3. logprobs: the full log-softmax is computed only for the rows that asked for
+       top logprobs; every other row gets its chosen token's raw logprob from one
+       read of its logits (`corral.ops.token_logprobs`).
+
     Sampling uses the exponential race (argmax of ``p / E`` with ``E ~ Exp(1)``), which
     draws from ``p`` exactly and lets seeded rows take their noise from a private
-    generator while the others share one batched draw.
+    generator while the unseeded ones share one batched draw.
 
     Args:
         eos_token_ids: Masked while a request is below ``min_tokens`` (unless ignore_eos).
@@ -82,26 +95,27 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> SamplerOutput:
         """Draw one token per row of ``logits`` [rows, vocab] (float32)."""
-        raw_logprobs = logits.log_softmax(dim=-1)
-        logits = self._process(logits, rows)
-        greedy = torch.tensor([row.params.greedy for row in rows], device=self.device)
-        token_ids = logits.argmax(dim=-1)
-        if not bool(greedy.all()):
-            sampled = self._sample(logits, rows)
-            token_ids = torch.where(greedy, token_ids, sampled)
-        chosen_logprobs = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
+        processed = self._process(logits, rows)
+        token_ids = self._choose(processed, rows)
         ids = token_ids.tolist()
-        return SamplerOutput(
-            token_ids=ids,
-            logprobs=chosen_logprobs.tolist(),
-            top_logprobs=top_logprobs(raw_logprobs, ids, [row.params.logprobs for row in rows]),
-        )
+        num_top = [row.params.logprobs for row in rows]
+        chosen_logprobs, top = self._logprobs(logits, token_ids, ids, num_top)
+        return SamplerOutput(token_ids=ids, logprobs=chosen_logprobs, top_logprobs=top)
 
     def _process(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
-        logits = logits.clone()
+        """Phase 1: per-row edits of the logits; returns ``logits`` itself when none applies."""
+        processed: torch.Tensor | None = None
+
+        def writable() -> torch.Tensor:
+            nonlocal processed
+            if processed is None:
+                processed = logits.clone()
+            return processed
+
         for index, row in enumerate(rows):
             for processor in row.params.logits_processors:
-                logits[index] = processor(list(row.output_ids), logits[index])
+                out = writable()
+                out[index] = processor(list(row.output_ids), out[index])
         penalized = [
             i
             for i, row in enumerate(rows)
@@ -110,11 +124,12 @@ class Sampler:
             or row.params.presence_penalty != 0.0
         ]
         if penalized:
-            vocab_size = logits.shape[1]
+            out = writable()
+            vocab_size = out.shape[1]
             picked = [rows[i] for i in penalized]
             rows_index = torch.tensor(penalized, device=self.device)
-            logits[rows_index] = apply_penalties(
-                logits[rows_index],
+            out[rows_index] = apply_penalties(
+                out[rows_index],
                 token_counts([list(r.prompt_ids) for r in picked], vocab_size, self.device),
                 token_counts([list(r.output_ids) for r in picked], vocab_size, self.device),
                 self._column([r.params.repetition_penalty for r in picked]),
@@ -127,34 +142,94 @@ class Sampler:
                 if not row.params.ignore_eos:
                     stop_ids.update(self.eos_token_ids)
                 if stop_ids:
-                    logits[index, sorted(stop_ids)] = float("-inf")
-        return logits
+                    writable()[index, sorted(stop_ids)] = float("-inf")
+        return logits if processed is None else processed
+
+    def _choose(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
+        """Phase 2: greedy rows by argmax, the others by a draw; int64 [rows]."""
+        sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
+        if not sampled:
+            return logits.argmax(dim=-1)
+        if len(sampled) == len(rows):
+            return self._sample(logits, rows)
+        index = torch.tensor(sampled, device=self.device)
+        greedy = [i for i, row in enumerate(rows) if row.params.greedy]
+        greedy_index = torch.tensor(greedy, device=self.device)
+        token_ids = torch.empty(len(rows), dtype=torch.int64, device=self.device)
+        token_ids[greedy_index] = logits[greedy_index].argmax(dim=-1)
+        token_ids[index] = self._sample(logits[index], [rows[i] for i in sampled])
+        return token_ids
 
     def _sample(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
+        """Draws for rows that all sample (temperature > 0)."""
         vocab_size = logits.shape[1]
-        # Greedy rows are drawn here too (their argmax is kept instead); the floor only
-        # keeps their division finite.
-        temperature = self._column([max(row.params.temperature, 1e-5) for row in rows])
+        temperature = self._column([row.params.temperature for row in rows])
         logits = logits / temperature.unsqueeze(1)
-        top_k = [vocab_size if row.params.top_k < 0 else row.params.top_k for row in rows]
-        top_p = [row.params.top_p for row in rows]
-        if any(k < vocab_size for k in top_k) or any(p < 1.0 for p in top_p):
-            logits = apply_top_k_top_p(
-                logits,
+        truncated = [
+            i
+            for i, row in enumerate(rows)
+            if 0 <= row.params.top_k < vocab_size or row.params.top_p < 1.0
+        ]
+        if truncated:
+            picked = [rows[i] for i in truncated]
+            index = torch.tensor(truncated, device=self.device)
+            top_k = [vocab_size if r.params.top_k < 0 else r.params.top_k for r in picked]
+            logits[index] = apply_top_k_top_p(
+                logits[index],
                 torch.tensor(top_k, dtype=torch.int64, device=self.device),
-                self._column(top_p),
+                self._column([r.params.top_p for r in picked]),
             )
-        min_p = [row.params.min_p for row in rows]
-        if any(p > 0.0 for p in min_p):
-            logits = apply_min_p(logits, self._column(min_p))
+        with_min_p = [i for i, row in enumerate(rows) if row.params.min_p > 0.0]
+        if with_min_p:
+            index = torch.tensor(with_min_p, device=self.device)
+            logits[index] = apply_min_p(
+                logits[index], self._column([rows[i].params.min_p for i in with_min_p])
+            )
         probs = logits.softmax(dim=-1)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
-        for index, row in enumerate(rows):
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, row in enumerate(rows) if row.params.seed is None]
+        if len(unseeded) == len(rows):
+            noise.exponential_(generator=self.generator)
+        elif unseeded:
+            index = torch.tensor(unseeded, device=self.device)
+            noise[index] = torch.empty_like(probs[index]).exponential_(generator=self.generator)
+        for index_, row in enumerate(rows):
             if row.params.seed is not None:
                 seed = sample_seed(row.params.seed, row.seq_index, len(row.output_ids))
                 generator = torch.Generator(device=self.device).manual_seed(seed)
-                noise[index].exponential_(generator=generator)
+                noise[index_].exponential_(generator=generator)
         return (probs / noise).argmax(dim=-1)
+
+    def _logprobs(
+        self,
+        logits: torch.Tensor,
+        token_ids: torch.Tensor,
+        ids: list[int],
+        num_top: list[int | None],
+    ) -> tuple[list[float], list[Logprobs | None]]:
+        """Phase 3: each row's chosen token's raw logprob, and top logprobs where asked."""
+        wanted = [i for i, k in enumerate(num_top) if k is not None]
+        if len(wanted) == len(num_top):
+            raw = logits.log_softmax(dim=-1)
+            return raw.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist(), top_logprobs(
+                raw, ids, num_top
+            )
+        chosen = torch.empty(len(ids), dtype=torch.float32, device=logits.device)
+        ops.token_logprobs(chosen, logits, token_ids)
+        chosen_logprobs = chosen.tolist()
+        top: list[Logprobs | None] = [None] * len(ids)
+        if wanted:
+            index = torch.tensor(wanted, device=self.device)
+            entries = top_logprobs(
+                logits[index].log_softmax(dim=-1),
+                [ids[i] for i in wanted],
+                [num_top[i] for i in wanted],
+            )
+            for i, entry in zip(wanted, entries, strict=True):
+                top[i] = entry
+                if entry is not None:
+                    chosen_logprobs[i] = entry[ids[i]]
+        return chosen_logprobs, top
 
     def _column(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device)
