@@ -78,7 +78,7 @@ def test_explicit_dtype_is_used(
     assert config.dtype == expected
     assert model.model.embed_tokens.weight.dtype == expected
     # The rotary table stays float32 so positions keep their precision.
-    assert model.model.rotary.cos_cache.dtype == torch.float32
+    assert model.model.rotary.cos_sin_cache.dtype == torch.float32
 
 
 def test_dummy_weights_need_no_checkpoint_and_follow_the_seed(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from corral import ops
+
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama family).
+    """Root-mean-square norm (Llama family), through the native fused kernels.
 
-    The statistics are taken in float32 and the result is cast back before the
-    weight is applied, the order transformers uses, so float32 outputs match it
-    bit for bit and bfloat16 outputs round at the same place.
+    The statistics are taken in float32 and the result is rounded to the
+    activation dtype before the weight is applied, the order transformers uses, so
+    bfloat16 outputs round at the same place (see `corral.ops.rms_norm`).
     """
 
     def __init__(self, hidden_size: int, eps: float) -> None:
@@ -20,11 +22,20 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        input_dtype = x.dtype
-        x32 = x.to(torch.float32)
-        variance = x32.pow(2).mean(-1, keepdim=True)
-        x32 = x32 * torch.rsqrt(variance + self.eps)
-        return self.weight * x32.to(input_dtype)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        ops.rms_norm(out, x, self.weight, self.eps)
+        return out
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual + x`` and its norm, in one pass, written over both tensors.
+
+        Returns:
+            (normalized sum, sum): the tensors ``x`` and ``residual`` themselves.
+        """
+        ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+        return x, residual
 
 
 class LayerNorm(nn.LayerNorm):

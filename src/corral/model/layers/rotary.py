@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from corral import ops
+
 
 def rope_settings(hf_config: Any) -> tuple[float, dict[str, Any]]:
     """The rope base and the scaling parameters of an HF config.
@@ -53,16 +55,13 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
     return torch.where(is_medium, smoothed, scaled)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class RotaryEmbedding(nn.Module):
-    """Applies rotary embeddings to queries and keys at given positions.
+    """Rotary embeddings of queries and keys at given positions (neox / rotate-half layout).
 
-    cos/sin are precomputed in float32 for every position up to ``max_positions``
-    and cast to the activation dtype when applied, as transformers does.
+    The table holds cos and sin for every position up to ``max_positions`` in
+    float32 (``cos_sin_cache`` [max_positions, head_size]: cos of each frequency,
+    then sin), and the native kernel rotates in float32 whatever the activation
+    dtype (`corral.ops.rotary_embedding`).
 
     Args:
         head_size: Size of one head; the whole head is rotated.
@@ -80,29 +79,16 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(
                 "partial_rotary_factor: partial rotary embeddings are not supported yet"
             )
+        self.head_size = head_size
         inv_freq = _inv_freq(head_size, base, scaling)
         positions = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos_cache: torch.Tensor
-        self.sin_cache: torch.Tensor
-        self.register_buffer("cos_cache", emb.cos(), persistent=False)
-        self.register_buffer("sin_cache", emb.sin(), persistent=False)
+        self.cos_sin_cache: torch.Tensor
+        self.register_buffer(
+            "cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), dim=-1), persistent=False
+        )
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTable:
-        """cos and sin [num_tokens, 1, head_size] at ``positions``, in ``dtype``."""
-        cos = self.cos_cache[positions].unsqueeze(1).to(dtype)
-        sin = self.sin_cache[positions].unsqueeze(1).to(dtype)
-        return cos, sin
-
-
-RopeTable = tuple[torch.Tensor, torch.Tensor]
-"""cos and sin at a batch's positions, computed once per forward and shared by all layers."""
-
-
-def apply_rotary(
-    rope: RopeTable, query: torch.Tensor, key: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate ``query`` [tokens, heads, head_size] and ``key`` [tokens, kv_heads, head_size]."""
-    cos, sin = rope
-    return query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
+    def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Rotate ``query`` [tokens, heads, head_size] and ``key`` [tokens, kv_heads,
+        head_size] in place (views of a fused qkv output are fine)."""
+        ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache, True)

@@ -7,7 +7,8 @@ layers (Mistral) or on the layers marked ``sliding_attention`` (Qwen2/Qwen3).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -19,8 +20,12 @@ from corral.model.layers.activation import get_activation
 from corral.model.layers.attention import AttentionMetadata, KVCache, PagedAttention
 from corral.model.layers.linear import MergedLinear
 from corral.model.layers.norm import RMSNorm
-from corral.model.layers.rotary import RopeTable, RotaryEmbedding, apply_rotary, rope_settings
+from corral.model.layers.rotary import RotaryEmbedding, rope_settings
 from corral.model.weights import StackedParams, load_weights
+from corral import ops
+
+Rope = Callable[[torch.Tensor, torch.Tensor], None]
+"""Rotates (query, key) in place at the batch's positions; built once per forward."""
 
 
 @attrs.frozen
@@ -74,7 +79,7 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        rope: RopeTable,
+        rope: Rope,
         hidden: torch.Tensor,
         kv_cache: KVCache,
         metadata: AttentionMetadata,
@@ -87,7 +92,7 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k = apply_rotary(rope, q, k)
+        rope(q, k)
         return self.o_proj(self.attn(q, k, v.contiguous(), kv_cache, metadata))
 
 
@@ -98,10 +103,16 @@ class LlamaMLP(nn.Module):
         bias = bool(getattr(hf_config, "mlp_bias", False))
         self.gate_up_proj = MergedLinear(hf_config.hidden_size, {"gate": size, "up": size}, bias)
         self.down_proj = nn.Linear(size, hf_config.hidden_size, bias=bias)
+        self.fused_silu = hf_config.hidden_act in ("silu", "swish")
         self.act = get_activation(hf_config.hidden_act)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj.split(self.gate_up_proj(hidden))
+        gate_up = self.gate_up_proj(hidden)
+        if self.fused_silu:
+            out = gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
+            ops.silu_and_mul(out, gate_up)
+            return self.down_proj(out)
+        gate, up = self.gate_up_proj.split(gate_up)
         return self.down_proj(self.act(gate) * up)
 
 
@@ -115,17 +126,25 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self,
-        rope: RopeTable,
+        rope: Rope,
         hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         kv_cache: KVCache,
         metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        residual = hidden
-        hidden = self.self_attn(rope, self.input_layernorm(hidden), kv_cache, metadata)
-        hidden = residual + hidden
-        residual = hidden
-        hidden = self.mlp(self.post_attention_layernorm(hidden))
-        return residual + hidden
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLP output, residual stream before it); the next layer's norm adds the two.
+
+        Carrying the residual separately lets each residual add run inside the next
+        norm's kernel (`RMSNorm.add_and_norm`).
+        """
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.self_attn(rope, hidden, kv_cache, metadata)
+        hidden, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
@@ -166,10 +185,13 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states [num_tokens, hidden_size] of the batch's tokens."""
         hidden = self.model.embed_tokens(input_ids)
-        rope = self.model.rotary(positions, hidden.dtype)
+        rope = functools.partial(self.model.rotary, positions)
+        residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            hidden = layer(rope, hidden, kv_cache, metadata)
-        return self.model.norm(hidden)
+            hidden, residual = layer(rope, hidden, residual, kv_cache, metadata)
+        if residual is None:
+            return self.model.norm(hidden)
+        return self.model.norm.add_and_norm(hidden, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [rows, vocab_size] of the given hidden states."""
