@@ -9,16 +9,34 @@ cache holds for those sequences (the memory-bandwidth ceiling).
 Prefill: 4 sequences x 512 new tokens on top of 512 cached, same heads. Peer:
 torch's scaled_dot_product_attention on contiguous tensors (gather excluded).
 
+Linear (``--only linear``): the GEMMs of the issue-7 Llama (hidden 512, 8 heads /
+4 kv heads of 64, intermediate 1408, vocab 32000) at decode (M = 1..256) and prefill
+(M = 512, 2048) rows, float32: ``F.linear`` against weights prepacked once for MKL
+(``torch.ops.mkl._mkl_reorder_linear_weight`` / ``_mkl_linear``, what inductor's
+freezing uses for float32) and for oneDNN (``torch.ops.mkldnn._reorder_linear_weight``
+/ ``_linear_pointwise``).
+
+Fused (``--only fused``): corral's fused element-wise ops against the op-by-op
+torch code they replace, at the same Llama's shapes.
+
+Threads (``--only threads``): a decode-sized step of that Llama's GEMMs and fused
+ops in child processes, for OMP_NUM_THREADS 1 and 2 and OMP_WAIT_POLICY passive
+and active, alone and next to a busy neighbour process (one spinning core).
+
 Prints one JSON object; times are medians in milliseconds. Usage::
 
     python benchmarks/kernels.py [--quick] [--device cuda] [--dtype bfloat16]
+        [--only attention,linear,fused,threads]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -175,25 +193,220 @@ def bench_prefill(
     }
 
 
+# The issue-7 Llama (benchmarks/throughput.py STANDARD_MODEL): (out, in) of each GEMM.
+LLAMA_LINEARS = {
+    "qkv_proj": (1024, 512),
+    "o_proj": (512, 512),
+    "gate_up_proj": (2816, 512),
+    "down_proj": (512, 1408),
+    "lm_head": (32000, 512),
+}
+DECODE_ROWS = [1, 4, 16, 64, 128, 256]
+PREFILL_ROWS = [512, 2048]
+
+
+def bench_linear(rows: list[int], repeats: int) -> dict:
+    """Float32 GEMM time per Llama weight and row count: plain vs prepacked."""
+    result: dict = {}
+    for name, (out_features, in_features) in LLAMA_LINEARS.items():
+        weight = torch.randn(out_features, in_features) / in_features**0.5
+        for m in rows:
+            x = torch.randn(m, in_features)
+            mkl_packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, m)
+            dnn_packed = torch.ops.mkldnn._reorder_linear_weight(weight, m)
+            fns: dict[str, Callable[[], object]] = {
+                "F.linear": lambda x=x, w=weight: F.linear(x, w),
+                "mkl_packed": lambda x=x, p=mkl_packed, w=weight: torch.ops.mkl._mkl_linear(
+                    x, p, w, None, x.shape[0]
+                ),
+                "mkldnn_packed": lambda x=x, p=dnn_packed: torch.ops.mkldnn._linear_pointwise(
+                    x, p, None, "none", [], ""
+                ),
+            }
+            times = median_ms(fns, torch.device("cpu"), repeats)
+            flops = 2 * m * out_features * in_features
+            result[f"{name} M={m}"] = {
+                **{k: round(v, 4) for k, v in times.items()},
+                "F.linear GFLOP/s": round(flops / times["F.linear"] / 1e6, 1),
+                "mkl_packed / F.linear": round(times["mkl_packed"] / times["F.linear"], 3),
+                "mkldnn_packed / F.linear": round(times["mkldnn_packed"] / times["F.linear"], 3),
+            }
+    return result
+
+
+def _torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _torch_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def bench_fused(rows: list[int], dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
+    """Each fused op against the op-by-op torch code of the same Llama layer."""
+    hidden, inter, heads, kv_heads, head = 512, 1408, 8, 4, 64
+    result: dict = {}
+    table_len = 4096
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head, 2).float() / head))
+    freqs = torch.outer(torch.arange(table_len).float(), inv_freq)
+    cos_sin = torch.cat((freqs.cos(), freqs.sin()), -1).to(device)
+    emb = torch.cat((freqs, freqs), -1)
+    cos_full, sin_full = emb.cos().to(device), emb.sin().to(device)
+    for m in rows:
+        x = torch.randn(m, hidden, dtype=dtype, device=device)
+        residual = torch.randn(m, hidden, dtype=dtype, device=device)
+        weight = torch.randn(hidden, dtype=dtype, device=device)
+        gate_up = torch.randn(m, 2 * inter, dtype=dtype, device=device)
+        qkv = torch.randn(m, (heads + 2 * kv_heads) * head, dtype=dtype, device=device)
+        q = qkv[:, : heads * head].view(m, heads, head)
+        k = qkv[:, heads * head : (heads + kv_heads) * head].view(m, kv_heads, head)
+        positions = torch.randint(0, table_len, (m,), device=device)
+        out = torch.empty_like(x)
+        act_out = torch.empty(m, inter, dtype=dtype, device=device)
+
+        def torch_rotary(
+            positions: torch.Tensor = positions, q: torch.Tensor = q, k: torch.Tensor = k
+        ) -> object:
+            cos = cos_full[positions].unsqueeze(1).to(dtype)
+            sin = sin_full[positions].unsqueeze(1).to(dtype)
+            return _torch_rotary(q, k, cos, sin)
+
+        cases: dict[str, dict[str, Callable[[], object]]] = {
+            "rms_norm": {
+                "corral": lambda x=x, w=weight, o=out: ops.rms_norm(o, x, w, 1e-6),
+                "torch": lambda x=x, w=weight: _torch_rms_norm(x, w, 1e-6),
+            },
+            "fused_add_rms_norm": {
+                # The op writes over its inputs; timing it on the same tensors again
+                # and again keeps the cost identical (values stay finite: normalized).
+                "corral": lambda x=x, r=residual, w=weight: ops.fused_add_rms_norm(x, r, w, 1e-6),
+                "torch": lambda x=x, r=residual, w=weight: _torch_rms_norm(x + r, w, 1e-6),
+            },
+            "silu_and_mul": {
+                "corral": lambda g=gate_up, o=act_out: ops.silu_and_mul(o, g),
+                "torch": lambda g=gate_up: F.silu(g[:, :inter]) * g[:, inter:],
+            },
+            "rotary_embedding": {
+                "corral": lambda p=positions, q=q, k=k: ops.rotary_embedding(
+                    p, q, k, head, cos_sin, True
+                ),
+                "torch": torch_rotary,
+            },
+        }
+        for name, fns in cases.items():
+            times = median_ms(fns, device, repeats)
+            result[f"{name} M={m}"] = {
+                **{k: round(v, 4) for k, v in times.items()},
+                "torch / corral": round(times["torch"] / times["corral"], 2),
+            }
+    return result
+
+
+def threads_probe(repeats: int) -> dict:
+    """One decode-sized step (M = 64) of the Llama's GEMMs and fused ops, in this process."""
+    m = 64
+    weights = {name: torch.randn(shape) for name, shape in LLAMA_LINEARS.items()}
+    x = torch.randn(m, 512)
+    h = torch.randn(m, 1408)
+    gate_up = torch.randn(m, 2816)
+    norm_w = torch.ones(512)
+    out = torch.empty(m, 512)
+    act = torch.empty(m, 1408)
+
+    def layer() -> None:
+        ops.rms_norm(out, x, norm_w, 1e-6)
+        F.linear(out, weights["qkv_proj"])
+        F.linear(out, weights["o_proj"])
+        F.linear(out, weights["gate_up_proj"])
+        ops.silu_and_mul(act, gate_up)
+        F.linear(h, weights["down_proj"])
+
+    def step() -> None:
+        for _ in range(8):
+            layer()
+        F.linear(out, weights["lm_head"])
+
+    return {"step": median_ms({"step": step}, torch.device("cpu"), repeats)["step"]}
+
+
+def bench_threads(repeats: int) -> dict:
+    """Step time per (threads, wait policy), alone and next to a spinning neighbour."""
+    result: dict = {}
+    for neighbour in (False, True):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
+        try:
+            for threads in (1, 2):
+                for policy in ("PASSIVE", "ACTIVE"):
+                    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": policy}
+                    probe = subprocess.run(
+                        [sys.executable, __file__, "--threads-probe", "--repeats", str(repeats)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    step = json.loads(probe.stdout)["step"]
+                    key = (
+                        f"{'busy neighbour' if neighbour else 'alone'}, {threads} threads, {policy}"
+                    )
+                    result[key] = round(step, 2)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+    return result
+
+
+SECTIONS = ("attention", "linear", "fused", "threads")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
+    parser.add_argument("--repeats", type=int, help="override the repeat count")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--only", default="attention", help=f"comma-separated sections of {SECTIONS}"
+    )
+    parser.add_argument("--threads-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    repeats = 3 if args.quick else 10
+    repeats = args.repeats or (3 if args.quick else 10)
     torch.manual_seed(0)
     ops.load_library()
-    result = {
+    if args.threads_probe:
+        print(json.dumps(threads_probe(repeats)))
+        return
+    sections = args.only.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown sections {sorted(unknown)} (known: {SECTIONS})")
+    result: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "repeats": repeats,
-        "decode": bench_decode(64, 1024, dtype, device, repeats),
-        "prefill": bench_prefill(4, 512, 512, dtype, device, repeats),
+        "load_average": os.getloadavg(),
     }
+    if "attention" in sections:
+        result["decode"] = bench_decode(64, 1024, dtype, device, repeats)
+        result["prefill"] = bench_prefill(4, 512, 512, dtype, device, repeats)
+    if "linear" in sections:
+        result["linear"] = bench_linear(DECODE_ROWS + PREFILL_ROWS, repeats)
+    if "fused" in sections:
+        result["fused"] = bench_fused([1, 64, 256, 2048], dtype, device, repeats)
+    if "threads" in sections:
+        result["threads"] = bench_threads(repeats)
     print(json.dumps(result, indent=2))
 
 

@@ -271,7 +271,9 @@ def test_an_all_greedy_batch_draws_no_noise_and_sorts_nothing(
     exponential = _Spy(monkeypatch, "exponential_")
     sort = _Spy(monkeypatch, "sort")
     softmax = _Spy(monkeypatch, "softmax")
-    Sampler([], seed=0, device=CPU)(random_logits(8, seed=16), [row(SamplingParams(temperature=0))] * 8)
+    Sampler([], seed=0, device=CPU)(
+        random_logits(8, seed=16), [row(SamplingParams(temperature=0))] * 8
+    )
     assert exponential.rows == [] and sort.rows == [] and softmax.rows == []
 
 

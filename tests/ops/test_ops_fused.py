@@ -369,7 +369,9 @@ BAD_CALLS: list[tuple[str, Callable[[], None], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("call", "message"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize(
+    ("call", "message"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS]
+)
 def test_bad_input_raises_a_clear_error(call: Callable[[], None], message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         call()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from corral import ops
 
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU (GPT-2's ``gelu_new``), in one native pass."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -15,6 +15,7 @@ import attrs
 import torch
 from torch import nn
 
+from corral import ops
 from corral.model.config import hf_head_size, hf_num_kv_heads
 from corral.model.layers.activation import get_activation
 from corral.model.layers.attention import AttentionMetadata, KVCache, PagedAttention
@@ -22,7 +23,6 @@ from corral.model.layers.linear import MergedLinear
 from corral.model.layers.norm import RMSNorm
 from corral.model.layers.rotary import RotaryEmbedding, rope_settings
 from corral.model.weights import StackedParams, load_weights
-from corral import ops
 
 Rope = Callable[[torch.Tensor, torch.Tensor], None]
 """Rotates (query, key) in place at the batch's positions; built once per forward."""
