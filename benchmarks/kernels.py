@@ -377,11 +377,14 @@ def main() -> None:
     parser.add_argument(
         "--only", default="attention", help=f"comma-separated sections of {SECTIONS}"
     )
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--threads-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     repeats = args.repeats or (3 if args.quick else 10)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ops.load_library()
     if args.threads_probe:
@@ -406,7 +409,7 @@ def main() -> None:
     if "fused" in sections:
         result["fused"] = bench_fused([1, 64, 256, 2048], dtype, device, repeats)
     if "threads" in sections:
-        result["threads"] = bench_threads(repeats)
+        result["thread_sweep"] = bench_threads(repeats)
     print(json.dumps(result, indent=2))
 
 
