@@ -4,7 +4,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "layers", "typecheck", "tests"]
 
 SOURCES = ["src", "tests", "benchmarks", "scripts", "noxfile.py"]
 
@@ -39,6 +39,14 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", *SOURCES)
     session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session
+def layers(session: nox.Session) -> None:
+    """The import-linter layers contract of pyproject.toml (a back-edge fails)."""
+    session.install("import-linter>=2.1")
+    session.install("-e", ".", "--no-deps")
+    session.run("lint-imports")
 
 
 @nox.session

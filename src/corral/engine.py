@@ -17,25 +17,39 @@ from typing import Any
 
 import anyio
 
-from corral._engine.compat import AsyncLLMEngine
+from corral._concurrency import FirstError
 from corral._engine.loop import EngineLoop
 from corral._engine.reporting import RequestLogger, StatsLogger
 from corral._engine.stream import RequestState, RequestStream
 from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
-from corral.core.stats import EngineStats
+from corral.core.validation import validate_request
 from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
 from corral.sampling_params import SamplingParams
+from corral.stats import EngineStats
 from corral.tokenization import encode_prompt, validate_prompt
 
 __all__ = [
     "AsyncEngine",
-    "AsyncLLMEngine",
     "EngineClosedError",
     "RequestStream",
     "open_engine",
     "open_engine_from_core",
 ]
+
+
+def normalize_request_id(request_id: object) -> str | None:
+    """A request id as the engine knows it: vLLM callers may pass an int, which
+    becomes its string; None stays None (``generate`` then makes a fresh id).
+
+    Raises:
+        ValueError: any other type.
+    """
+    if request_id is None or isinstance(request_id, str):
+        return request_id
+    if isinstance(request_id, int) and not isinstance(request_id, bool):
+        return str(request_id)
+    raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
 
 
 class AsyncEngine:
@@ -53,12 +67,14 @@ class AsyncEngine:
         tokenizer: Any,
         model_config: Any,
         request_logger: RequestLogger,
-        stats_logger: StatsLogger,
+        log_stats: bool,
+        stats_interval: float,
     ) -> None:
         self._core = core
         self._tokenizer = tokenizer
         self._model_config = model_config
         self._request_logger = request_logger
+        stats_logger = StatsLogger(self.stats, interval=stats_interval, enabled=log_stats)
         self._loop = EngineLoop(
             core, on_finished=request_logger.finished, on_step=stats_logger.after_step
         )
@@ -109,22 +125,25 @@ class AsyncEngine:
         self._check_running()
         if lora_request is not None:
             raise NotSupportedError("lora_request: LoRA adapters are not supported yet")
-        if isinstance(request_id, int) and not isinstance(request_id, bool):
-            request_id = str(request_id)
+        request_id = normalize_request_id(request_id)
         if request_id is None:
             request_id = uuid.uuid4().hex
-        elif not isinstance(request_id, str):
-            raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
         # An abandoned stream's id must be free again, not just at the next step.
         self._loop.reap_orphans()
         if request_id in self._loop.live:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
-        if not isinstance(sampling_params, SamplingParams):
-            raise ValueError(
-                f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}"
-            )
         token_ids = self._prompt_token_ids(prompt, prompt_token_ids)
-        self._check_fits(token_ids, sampling_params, prefix_pos)
+        # The core would refuse these at its next step; saying so here is clearer.
+        core = self._core
+        error = validate_request(
+            core.config,
+            token_ids,
+            sampling_params,
+            prefix_pos,
+            has_detokenizer=core.detokenizer is not None,
+        )
+        if error is not None:
+            raise ValueError(error)
         state = RequestState(
             request_id, prompt, token_ids, sampling_params, prefix_pos, time.time()
         )
@@ -138,25 +157,47 @@ class AsyncEngine:
         Its stream ends at once with a final output whose unfinished completions have
         finish_reason "abort" and hold no tokens newer than the stream already offered.
         Its KV blocks are free after the engine's next step.
+
+        A checkpoint, the trio way: when the caller is already cancelled this raises
+        the cancellation and aborts nothing; otherwise the abort happens and cannot
+        be undone by a cancellation arriving during the call.
         """
-        if isinstance(request_id, int) and not isinstance(request_id, bool):
-            request_id = str(request_id)
-        self._loop.abort(request_id)
+        live_id = normalize_request_id(request_id)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if live_id is not None:
+            self._loop.abort(live_id)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def stats(self) -> EngineStats:
-        """A snapshot of the core's queues, cache use and counters.
+        """The engine's queues, cache use and counters as of the last step boundary.
 
-        Read without waiting for the step in flight, so it may count that step's
-        tokens before their outputs reach the streams.
+        The engine loop publishes this snapshot after each step (before handing the
+        step's outputs to the streams); reading it never touches the core, which may
+        be in the middle of the next step in a worker thread.
         """
-        return self._core.stats()
+        return self._loop.stats
+
+    async def next_stats(self) -> EngineStats:
+        """Wait for the snapshot the engine loop publishes after its next step, and
+        return it. An idle engine takes no step: wait only while it has work.
+
+        Raises:
+            EngineDeadError: the engine died, before or while waiting.
+            EngineClosedError: the engine's block has been left, before or while waiting.
+        """
+        self._check_running()
+        await self._loop.wait_published()
+        self._check_running()
+        return self._loop.stats
 
     async def get_tokenizer(self) -> Any:
         """The Hugging Face tokenizer; None for an engine opened from a core without one."""
+        await anyio.lowlevel.checkpoint()
         return self._tokenizer
 
     async def get_model_config(self) -> Any:
         """The model's `ModelConfig`; None for an engine opened from a bare core."""
+        await anyio.lowlevel.checkpoint()
         return self._model_config
 
     def _check_running(self) -> None:
@@ -188,37 +229,7 @@ class AsyncEngine:
             return validate_prompt(
                 prompt_token_ids, vocab_size=config.vocab_size, max_model_len=config.max_model_len
             )
-        token_ids = [int(t) for t in prompt_token_ids]
-        if not token_ids or min(token_ids) < 0:
-            raise ValueError("prompt_token_ids: needs at least one token, all non-negative")
-        return token_ids
-
-    def _check_fits(
-        self, token_ids: list[int], params: SamplingParams, prefix_pos: int | None
-    ) -> None:
-        # The core would reject these at its next step; saying so here is clearer.
-        config = self._core.config
-        if len(token_ids) > config.max_model_len:
-            raise ValueError(
-                f"prompt: {len(token_ids)} tokens exceed max_model_len={config.max_model_len}"
-            )
-        if -(-len(token_ids) // config.block_size) > config.num_kv_blocks:
-            raise ValueError(
-                f"prompt: {len(token_ids)} tokens need more KV blocks than the cache holds "
-                f"({config.num_kv_blocks} blocks of {config.block_size} tokens)"
-            )
-        if params.best_of > config.max_num_seqs:
-            raise ValueError(
-                f"sampling_params.best_of={params.best_of} exceeds "
-                f"max_num_seqs={config.max_num_seqs}"
-            )
-        if params.stop and self._core.detokenizer is None:
-            raise ValueError("sampling_params.stop: stop strings need a tokenizer")
-        if prefix_pos is not None and not 0 <= prefix_pos <= len(token_ids):
-            raise ValueError(
-                f"prefix_pos must be in [0, {len(token_ids)}] (the prompt length), "
-                f"got {prefix_pos!r}"
-            )
+        return [int(t) for t in prompt_token_ids]
 
 
 @asynccontextmanager
@@ -261,20 +272,20 @@ async def open_engine_from_core(
         tokenizer=tokenizer,
         model_config=model_config,
         request_logger=RequestLogger(enabled=log_requests, max_log_len=max_log_len),
-        stats_logger=StatsLogger(core.stats, interval=stats_interval, enabled=log_stats),
+        log_stats=log_stats,
+        stats_interval=stats_interval,
     )
     loop = engine._loop
-    body_error: Exception | None = None
+    body = FirstError()
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(loop.run)
             engine._state = "running"
             try:
-                yield engine
-            except Exception as exc:
                 # Re-raised below, outside the task group, so that it is not wrapped
                 # in an ExceptionGroup.
-                body_error = exc
+                with body.catch():
+                    yield engine
             finally:
                 engine._state = "closed"
                 loop.stop()
@@ -283,8 +294,7 @@ async def open_engine_from_core(
         loop.flush()
     if loop.fault is not None:
         raise loop.fault
-    if body_error is not None:
-        raise body_error
+    body.reraise()
 
 
 @asynccontextmanager
@@ -313,7 +323,7 @@ async def open_engine(
         resolved = AsyncEngineArgs(**engine_args)
     else:
         raise ValueError(f"args must be EngineArgs or a model path, got {type(args).__name__}")
-    from corral.model.factory import build_engine_core
+    from corral._compose import build_engine_core
 
     core, tokenizer, model_config = await anyio.to_thread.run_sync(build_engine_core, resolved)
     log_requests, max_log_len, log_stats = True, None, True

@@ -9,6 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from corral.config import EngineArgs
+from corral.core.validation import validate_request
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.tokenization import encode_prompt
@@ -28,7 +29,7 @@ class LLM:
 
     def __init__(self, model: str, **engine_args: Any) -> None:
         # Imported here so that `import corral` does not pay for torch and the models.
-        from corral.model.factory import build_engine_core
+        from corral._compose import build_engine_core
 
         self.engine_args = EngineArgs(model=model, **engine_args)
         self.engine_core, self.tokenizer, self.model_config = build_engine_core(self.engine_args)
@@ -57,7 +58,9 @@ class LLM:
 
         Raises:
             ValueError: before any request starts, when the inputs disagree in length or
-                a prompt is empty, has out-of-vocabulary ids or exceeds max_model_len.
+                a request can never be served (an empty prompt, out-of-vocabulary ids,
+                longer than max_model_len or the KV cache, ``best_of`` above
+                ``max_num_seqs``; see `corral.core.validation.validate_request`).
         """
         texts, id_lists = _normalize_prompts(prompts, prompt_token_ids)
         num_requests = len(texts) if texts is not None else len(id_lists or [])
@@ -72,6 +75,13 @@ class LLM:
             )
             for i in range(num_requests)
         ]
+        core = self.engine_core
+        for ids, request_params in zip(encoded, params, strict=True):
+            error = validate_request(
+                core.config, ids, request_params, has_detokenizer=core.detokenizer is not None
+            )
+            if error is not None:
+                raise ValueError(error)
         order: dict[str, int] = {}
         for i, ids in enumerate(encoded):
             request_id = str(next(self._request_counter))

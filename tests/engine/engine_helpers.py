@@ -6,13 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from corral.core.engine_core import EngineCore
-from corral.engine import AsyncEngine
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.testing import FakeModelRunner, make_fake_core
@@ -58,19 +56,6 @@ def run_alone(
 def completions(output: RequestOutput) -> list[tuple[int, list[int], str, str | None]]:
     """What a comparison of two outputs looks at."""
     return [(c.index, c.token_ids, c.text, c.finish_reason) for c in output.outputs]
-
-
-async def wait_idle(engine: AsyncEngine) -> None:
-    """Wait (bounded by the caller's fail_after) until the core holds no request and
-    every KV block is free again."""
-    while True:
-        stats = engine.stats()
-        if (
-            stats.num_free_blocks == stats.num_total_blocks
-            and not engine._core.has_unfinished_requests()
-        ):
-            return
-        await anyio.sleep(0.005)
 
 
 def greedy(max_tokens: int) -> SamplingParams:

@@ -6,18 +6,14 @@ import gc
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, fake_core, greedy, wait_idle
+from engine_helpers import TIMEOUT, fake_core, greedy
 
-from corral.engine import AsyncEngine, open_engine_from_core
+from corral.engine import open_engine_from_core
+from corral.testing import wait_idle
 
 pytestmark = pytest.mark.anyio
 
 PROMPT = list(range(1, 30))  # 8 blocks of 4 tokens once generation starts
-
-
-async def _until_running(engine: AsyncEngine) -> None:
-    while engine.stats().num_running == 0:
-        await anyio.sleep(0.001)
 
 
 async def test_move_on_after_aborts_the_request() -> None:
@@ -34,27 +30,29 @@ async def test_move_on_after_aborts_the_request() -> None:
             assert scope.cancelled_caught
             assert len(outs) == 2 and not outs[-1].finished
             await wait_idle(engine)
-            assert not engine._core.has_unfinished_requests()
+            assert engine.stats().num_unfinished_requests == 0
 
 
 async def test_cancelling_a_task_group_aborts_all_its_requests() -> None:
     with anyio.fail_after(TIMEOUT):
         async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
             counts = [0] * 4
+            all_read_two = anyio.Event()
 
             async def consume(i: int) -> None:
                 async for _ in engine.generate(None, greedy(90), f"r{i}", prompt_token_ids=[i + 1]):
                     counts[i] += 1
+                    if min(counts) == 2:
+                        all_read_two.set()
 
             async with anyio.create_task_group() as tg:
                 for i in range(4):
                     tg.start_soon(consume, i)
-                while min(counts) < 2:
-                    await anyio.sleep(0.001)
+                await all_read_two.wait()
                 tg.cancel_scope.cancel()
             assert all(c < 90 for c in counts)
             await wait_idle(engine)
-            assert not engine._core.has_unfinished_requests()
+            assert engine.stats().num_unfinished_requests == 0
 
 
 async def test_leaving_async_with_early_aborts() -> None:
@@ -62,7 +60,7 @@ async def test_leaving_async_with_early_aborts() -> None:
         async with open_engine_from_core(fake_core(), log_stats=False) as engine:
             async with engine.generate(None, greedy(90), "early", prompt_token_ids=PROMPT) as s:
                 await s.__anext__()
-                await _until_running(engine)
+                assert engine.stats().num_running == 1
             assert s.finished
             await wait_idle(engine)
             # The id is free again once the stream is closed.
@@ -77,7 +75,7 @@ async def test_break_out_of_bare_async_for_aborts() -> None:
                 if len(out.outputs[0].token_ids) == 2:
                     break
             await wait_idle(engine)
-            assert not engine._core.has_unfinished_requests()
+            assert engine.stats().num_unfinished_requests == 0
 
 
 async def test_aclose_aborts() -> None:
@@ -99,18 +97,20 @@ async def test_garbage_collected_stream_aborts_without_warning() -> None:
             del stream
             gc.collect()
             await wait_idle(engine)
-            assert not engine._core.has_unfinished_requests()
+            assert engine.stats().num_unfinished_requests == 0
 
 
 async def test_unread_streams_do_not_grow() -> None:
     """A stream nobody reads holds one pending wake-up and the latest snapshot only."""
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+        core = fake_core()
+        async with open_engine_from_core(core, log_stats=False) as engine:
             stream = engine.generate(None, greedy(40), prompt_token_ids=[1, 2, 3])
             async with stream:
-                while engine.stats().num_generation_tokens < 40:
+                # One token per step: step k made token k.
+                for step in range(1, 41):
+                    await core.runner.wait_for_step(step)
                     assert stream._state.receive.statistics().current_buffer_used <= 1
-                    await anyio.sleep(0.001)
                 # The step that made the 40th token may not be dispatched yet: at most
                 # that one snapshot precedes the final one.
                 outs = [out async for out in stream]
@@ -184,5 +184,5 @@ async def test_stream_collected_in_another_thread_is_aborted_by_the_loop() -> No
             # collector ran there: the finalizer must only hand the request over.
             await anyio.to_thread.run_sync(holder.clear)
             await wait_idle(engine)
-            assert not engine._core.has_unfinished_requests()
+            assert engine.stats().num_unfinished_requests == 0
             assert engine.is_running

@@ -76,13 +76,11 @@ async def test_errors_of_the_block_itself_are_not_wrapped() -> None:
 
 async def test_requests_not_yet_seen_by_the_loop_also_fail() -> None:
     with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError):
-        async with open_engine_from_core(
-            fake_core(step_delay=0.05, fail_on_token=7), log_stats=False
-        ) as engine:
+        core = fake_core(step_delay=0.05, fail_on_token=7)
+        async with open_engine_from_core(core, log_stats=False) as engine:
             # The first step sleeps, then fails on writing token 7.
             running = engine.generate(None, greedy(5), prompt_token_ids=[7])
-            while engine._core.runner.num_steps == 0:
-                await anyio.sleep(0.001)
+            await core.runner.wait_for_step(1, started=True)
             assert engine.is_running
             # Submitted while the failing step runs: still in the inbox when it fails.
             pending = engine.generate(None, greedy(5), prompt_token_ids=[2])
@@ -101,9 +99,36 @@ async def test_an_ended_request_leaves_no_channel_open_for_the_collector() -> No
     with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError):
         async with open_engine_from_core(fake_core(fail_at_step=1), log_stats=False) as engine:
             unread = engine.generate(None, greedy(5), prompt_token_ids=[1])
-            while engine.is_running:
-                await anyio.sleep(0.001)
+            # Another request's stream reports the death without polling.
+            with pytest.raises(EngineDeadError):
+                async for _ in engine.generate(None, greedy(5), prompt_token_ids=[2]):
+                    pass
     with pytest.raises(anyio.ClosedResourceError):
         unread._state.receive.receive_nowait()
     with pytest.raises(EngineDeadError):
         await unread.__anext__()
+
+
+async def test_engine_death_does_not_cancel_the_owners_block() -> None:
+    """The decided behaviour (docs/concepts.md, "Engine death"): the loop never raises
+    into the engine's task group, so a block that reads no stream keeps running after
+    the engine died, is not cancelled at its checkpoints, and sees the fault through
+    `is_running` and `generate`; leaving the block re-raises the step's error."""
+    core = fake_core(fail_at_step=1)
+    checkpoints_after_death = 0
+    with anyio.fail_after(TIMEOUT), pytest.raises(FakeModelError):
+        async with open_engine_from_core(core, log_stats=False) as engine:
+            unread = engine.generate(None, greedy(5), prompt_token_ids=[1])
+            await core.runner.wait_for_step(1)
+            # The owner learns of the death only when it asks the engine for something.
+            with pytest.raises(EngineDeadError):
+                while True:
+                    await engine.next_stats()
+            assert not engine.is_running
+            for _ in range(10):
+                await anyio.sleep(0.001)
+                checkpoints_after_death += 1
+            with pytest.raises(EngineDeadError):
+                engine.generate(None, greedy(5), prompt_token_ids=[2])
+            unread.close()
+    assert checkpoints_after_death == 10

@@ -19,14 +19,14 @@ from __future__ import annotations
 import anyio
 import attrs
 import pytest
-from engine_helpers import TIMEOUT, completions, fake_core, run_alone, wait_idle
+from engine_helpers import TIMEOUT, completions, fake_core, run_alone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.engine import AsyncEngine, RequestStream, open_engine_from_core
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
-from corral.testing import sampling_params
+from corral.testing import sampling_params, wait_idle
 
 BEHAVIOURS = ("consume", "slow", "cancel", "abort", "break", "leave")
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from engine_helpers import TIMEOUT, fake_core, greedy
 
-import corral.model.factory
+import corral._compose
 from corral.config import AsyncEngineArgs
 from corral.engine import open_engine, open_engine_from_core
 
@@ -71,7 +71,7 @@ async def test_model_loads_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -
         time.sleep(load_time)
         return fake_core(), None, None
 
-    monkeypatch.setattr(corral.model.factory, "build_engine_core", slow_factory)
+    monkeypatch.setattr(corral._compose, "build_engine_core", slow_factory)
 
     async def work() -> None:
         async with open_engine(model="unused", log_requests=False) as engine:
@@ -113,8 +113,7 @@ async def test_exit_waits_for_the_step_in_flight() -> None:
     with anyio.fail_after(TIMEOUT):
         async with open_engine_from_core(core, log_stats=False) as engine:
             stream = engine.generate(None, greedy(50), prompt_token_ids=[1])
-            while runner.num_steps < 2:
-                await anyio.sleep(0.001)
+            await runner.wait_for_step(2, started=True)
         # Every step that started has returned before the block was left.
         assert len(completed) == runner.num_steps
     assert not core.has_unfinished_requests()

@@ -11,8 +11,9 @@ import pytest
 import transformers
 from engine_helpers import build_tiny_model
 
+from corral.async_llm_engine import AsyncLLMEngine
 from corral.config import AsyncEngineArgs
-from corral.engine import AsyncLLMEngine, open_engine
+from corral.engine import open_engine
 from corral.llm import LLM
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams

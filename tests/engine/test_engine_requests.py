@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, completions, fake_core, greedy, run_alone, wait_idle
+from engine_helpers import TIMEOUT, completions, fake_core, greedy, run_alone
 
 from corral.engine import EngineClosedError, open_engine_from_core
 from corral.errors import NotSupportedError
 from corral.sampling_params import SamplingParams
+from corral.testing import wait_idle
 
 pytestmark = pytest.mark.anyio
 
@@ -117,7 +118,7 @@ async def test_request_cancelled_before_the_loop_saw_it_does_not_leak() -> None:
                         await s.__anext__()
                 assert scope.cancelled_caught
             await wait_idle(engine)
-            assert engine._core.has_unfinished_requests() is False
+            assert engine.stats().num_unfinished_requests == 0
 
 
 async def test_prompt_too_long_raises_value_error_up_front() -> None:

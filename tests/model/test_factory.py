@@ -8,8 +8,9 @@ import pytest
 import torch
 from zoo import ModelZoo
 
+from corral._compose import build_engine_core
 from corral.config import EngineArgs
-from corral.model.factory import build_engine_core, resolve_device
+from corral.model.factory import resolve_device
 
 MODEL = "qwen2"
 

@@ -19,7 +19,7 @@ from corral.engine import open_engine_from_core
 from corral.entrypoints.errors import APIError
 from corral.entrypoints.openai_server import build_app, make_context
 from corral.sampling_params import SamplingParams
-from corral.testing import FakeModelError, FakeModelRunner, make_fake_core
+from corral.testing import FakeModelError, FakeModelRunner, make_fake_core, wait_idle
 
 pytestmark = pytest.mark.anyio
 
@@ -272,8 +272,7 @@ async def test_client_disconnect_aborts_its_request(tiny_model: Path) -> None:
         with anyio.fail_after(10):
             await app(scope, receive, send)
             # The request is aborted synchronously; its blocks are free after one step.
-            while engine.stats().num_free_blocks != engine.stats().num_total_blocks:
-                await anyio.sleep(0.01)
+            await wait_idle(engine)
         stats = engine.stats()
         assert stats.num_running == 0 and stats.num_waiting == 0
         assert stats.num_generation_tokens < 200
@@ -390,6 +389,5 @@ async def test_submit_all_aborts_the_submitted_when_one_is_refused(tiny_model: P
         # The first one was aborted: its id is free again, before any await.
         ctx.submit("same-id", [5, 6], params).close()
         with anyio.fail_after(10):
-            while engine.stats().num_free_blocks != engine.stats().num_total_blocks:
-                await anyio.sleep(0.01)
+            await wait_idle(engine)
         assert engine.stats().num_generation_tokens < 50

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from corral.config import AsyncEngineArgs
-from corral.core.stats import EngineStats
 from corral.entrypoints.cli import _engine_args, benchmark_script, build_parser
 from corral.entrypoints.cli_args import field_docs
 from corral.entrypoints.errors import APIError, error_body, field_of
@@ -20,6 +19,7 @@ from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage, Comp
 from corral.entrypoints.serving_chat import render_chat
 from corral.entrypoints.sse import format_event
 from corral.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from corral.stats import EngineStats
 
 
 def test_completion_request_maps_sampling_fields_by_vllm_names() -> None:
@@ -132,6 +132,7 @@ def _stats(**overrides: float) -> EngineStats:
         "num_running": 3,
         "num_waiting": 2,
         "num_swapped": 0,
+        "num_unfinished_requests": 5,
         "num_free_blocks": 6,
         "num_total_blocks": 8,
         "kv_cache_usage": 0.25,

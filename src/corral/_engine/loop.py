@@ -10,6 +10,7 @@ has nothing to do.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ import attrs
 from corral.core.engine_core import EngineCore
 from corral.errors import EngineDeadError
 from corral.outputs import CompletionOutput, RequestOutput
+from corral.stats import EngineStats
 
 from .stream import RequestState
 
@@ -52,7 +54,8 @@ class EngineLoop:
         core: The synchronous engine core; from now on only this object calls it.
         on_finished: Called (in the event loop's thread) when a request ends, with its
             final output, or None when it was aborted or its consumer went away.
-        on_step: Called after each step (for periodic stats logging).
+        on_step: Called after each step, once `stats` is updated (for periodic stats
+            logging).
     """
 
     def __init__(
@@ -63,6 +66,9 @@ class EngineLoop:
         on_step: Callable[[], None],
     ) -> None:
         self.core = core
+        # The core's statistics as of the last step boundary, for readers in other
+        # tasks: the core itself is only ever read by this loop, between steps.
+        self.stats: EngineStats = core.stats()
         self.live: dict[str, RequestState] = {}
         self.fault: BaseException | None = None
         self.stopping = False
@@ -75,8 +81,12 @@ class EngineLoop:
         # Streams collected by the garbage collector, possibly in another thread;
         # deque.append is atomic, everything else waits for the loop.
         self._orphans: deque[RequestState] = deque()
+        # Core id -> state, for every request the core knows (aborted ones until their
+        # final output came out).
         self._in_core: dict[str, RequestState] = {}
+        self._core_ids = itertools.count()
         self._wake: anyio.Event | None = None
+        self._published: anyio.Event | None = None
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -94,10 +104,26 @@ class EngineLoop:
                         self._wake = anyio.Event()
                     continue
                 outputs = await anyio.to_thread.run_sync(core.step, limiter=self._limiter)
+                self._publish_stats()
                 self._dispatch(outputs)
                 self._on_step()
         except Exception as exc:
             self.die(exc)
+
+    async def wait_published(self) -> None:
+        """Wait until the next `stats` snapshot is out, or the loop stops or dies."""
+        if self._published is None:
+            self._published = anyio.Event()
+        await self._published.wait()
+
+    def _publish_stats(self) -> None:
+        self.stats = self.core.stats()
+        self._wake_stats_readers()
+
+    def _wake_stats_readers(self) -> None:
+        if self._published is not None:
+            self._published.set()
+            self._published = None
 
     def submit(self, state: RequestState) -> None:
         """Register a request; atomic (no checkpoint), so a cancellation either
@@ -141,6 +167,7 @@ class EngineLoop:
             self.abort(request_id)
         if self._wake is not None:
             self._wake.set()
+        self._wake_stats_readers()
 
     def flush(self) -> None:
         """After `run` returned: apply the last aborts and free their blocks.
@@ -152,7 +179,9 @@ class EngineLoop:
         try:
             self._apply_inbox()
             if self.core.has_unfinished_requests():
-                self._dispatch(self.core.step())
+                outputs = self.core.step()
+                self._publish_stats()
+                self._dispatch(outputs)
         except Exception as exc:
             self.die(exc)
 
@@ -160,6 +189,7 @@ class EngineLoop:
         """Mark the engine dead: every live stream raises `EngineDeadError` from `cause`."""
         self.fault = cause
         self.stopping = True
+        self._wake_stats_readers()
         states = {id(s): s for s in (*self.live.values(), *self._in_core.values())}
         states.update((id(s), s) for _, s in self._inbox)
         self.live.clear()
@@ -194,13 +224,10 @@ class EngineLoop:
                 core.abort_request(state.core_id)
 
     def _add(self, state: RequestState) -> None:
-        # An aborted request keeps its id in the core until its final output comes out
-        # of a step; a new request reusing the id meanwhile gets a private core id.
-        core_id = state.request_id
-        suffix = 0
-        while core_id in self._in_core:
-            suffix += 1
-            core_id = f"{state.request_id}~{suffix}"
+        # The core knows each request by a private id of its own, never the user's
+        # request_id: an aborted request stays in the core until its final output comes
+        # out of a step, and a new request may reuse its request_id meanwhile.
+        core_id = str(next(self._core_ids))
         try:
             self.core.add_request(
                 core_id,
@@ -227,8 +254,7 @@ class EngineLoop:
                 del in_core[output.request_id]
             if state.done:
                 continue
-            if state.core_id != state.request_id:
-                output.request_id = state.request_id
+            output.request_id = state.request_id
             if output.finished:
                 self._forget(state)
                 state.end(output)

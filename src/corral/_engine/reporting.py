@@ -6,8 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from corral.core.stats import EngineStats
 from corral.outputs import RequestOutput
+from corral.stats import EngineStats
 
 from .stream import RequestState
 

@@ -58,8 +58,7 @@ class RequestState:
         self.params = params
         self.prefix_pos = prefix_pos
         self.arrival_time = arrival_time
-        # The id under which the core knows this request; differs from request_id only
-        # when an aborted earlier request with the same id is still being flushed.
+        # The engine loop's private id for this request in the core (see EngineLoop._add).
         self.core_id: str | None = None
         self.latest: RequestOutput | None = None
         self.error: BaseException | None = None
@@ -201,8 +200,13 @@ class RequestStream:
             self._cancel(self._state)
 
     async def aclose(self) -> None:
-        """Same as `close` (async, for code written against async generators)."""
+        """`close`, then a checkpoint (for code written against async generators).
+
+        The stream is closed, and the request aborted, even when the caller is
+        cancelled: the cancellation is raised afterwards, as trio's ``aclose`` does.
+        """
         self.close()
+        await anyio.lowlevel.checkpoint()
 
     def __del__(self) -> None:
         # The collector may run this in any thread and in the middle of the engine

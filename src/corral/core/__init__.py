@@ -4,4 +4,3 @@ from corral.core.engine_core import EngineCore as EngineCore
 from corral.core.interface import ModelRunner as ModelRunner
 from corral.core.interface import ModelRunnerOutput as ModelRunnerOutput
 from corral.core.interface import SchedulerOutput as SchedulerOutput
-from corral.core.stats import EngineStats as EngineStats

@@ -18,10 +18,11 @@ from corral.core.kv_cache_manager import KVCacheManager
 from corral.core.outputs import build_output
 from corral.core.scheduler import Scheduler
 from corral.core.sequence import Request, SeqStatus, Sequence
-from corral.core.stats import EngineStats
 from corral.core.stop import check_stop
+from corral.core.validation import validate_request
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
+from corral.stats import EngineStats
 
 
 class EngineCore:
@@ -81,30 +82,23 @@ class EngineCore:
                 evicted only after every other free block. It does not affect
                 correctness or which blocks are looked up.
 
-        A request that can never run (prompt longer than ``max_model_len``, larger
-        than the cache, or ``best_of`` above ``max_num_seqs``) is accepted and
+        A request that can never run (see `validate_request`) is accepted and
         finishes at the next step with finish_reason "abort" and an ``error``.
 
         Raises:
-            ValueError: Duplicate live ``request_id``, empty or negative token ids,
-                ``prefix_pos`` out of range, or stop strings without a detokenizer.
+            ValueError: Duplicate live ``request_id``, or a malformed request (see
+                `validate_request`).
         """
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         prompt_token_ids = list(prompt_token_ids)
-        if not prompt_token_ids:
-            raise ValueError("prompt_token_ids must hold at least one token, got []")
-        if min(prompt_token_ids) < 0:
-            raise ValueError("prompt_token_ids must be non-negative token ids")
-        if prefix_pos is not None and not 0 <= prefix_pos <= len(prompt_token_ids):
-            raise ValueError(
-                f"prefix_pos must be in [0, {len(prompt_token_ids)}] (the prompt length), "
-                f"got {prefix_pos}"
-            )
-        if params.stop and self.detokenizer is None:
-            raise ValueError("stop strings need a detokenizer; this engine core has none")
+        error = validate_request(
+            self.config,
+            prompt_token_ids,
+            params,
+            prefix_pos,
+            has_detokenizer=self.detokenizer is not None,
+        )
         request = Request(
             request_id,
             prompt,
@@ -120,7 +114,6 @@ class EngineCore:
             seq.detok_state = self.detokenizer.new_state(prompt_token_ids, params)
         request.seqs.append(seq)
         self._requests[request_id] = request
-        error = self._never_runs(request)
         if error is not None:
             request.error = error
             seq.finish()
@@ -165,6 +158,7 @@ class EngineCore:
             num_running=len(scheduler.running),
             num_waiting=len(scheduler.waiting),
             num_swapped=len(scheduler.swapped),
+            num_unfinished_requests=len(self._requests),
             num_free_blocks=pool.num_free,
             num_total_blocks=pool.num_blocks,
             kv_cache_usage=1.0 - pool.num_free / pool.num_blocks,
@@ -179,25 +173,6 @@ class EngineCore:
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         return seq_id
-
-    def _never_runs(self, request: Request) -> str | None:
-        config = self.config
-        num_tokens = len(request.prompt_token_ids)
-        if num_tokens > config.max_model_len:
-            return (
-                f"prompt of {num_tokens} tokens is longer than max_model_len={config.max_model_len}"
-            )
-        if self.kv.num_blocks_for(num_tokens) > config.num_kv_blocks:
-            return (
-                f"prompt of {num_tokens} tokens needs more KV blocks than the cache holds "
-                f"({config.num_kv_blocks} blocks of {config.block_size})"
-            )
-        if request.params.best_of > config.max_num_seqs:
-            return (
-                f"best_of={request.params.best_of} is more than "
-                f"max_num_seqs={config.max_num_seqs} sequences that can run at once"
-            )
-        return None
 
     def _finish_too_large(self, seq: Sequence, error: str) -> None:
         seq.finish_reason = "abort"

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
+from corral._concurrency import FirstError
 from corral.engine import AsyncEngine, RequestStream
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.metrics import ServerMetrics
@@ -195,22 +196,16 @@ class ServingContext:
 async def run_all(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Run ``jobs`` concurrently; the first failure cancels the others and is re-raised
     as it is (not wrapped in an ExceptionGroup), so that the error handlers see it."""
-    failure: Exception | None = None
+    first = FirstError()
     async with anyio.create_task_group() as tg:
 
         async def guard(job: Callable[[], Awaitable[None]]) -> None:
-            nonlocal failure
-            try:
+            with first.catch(tg.cancel_scope):
                 await job()
-            except Exception as exc:
-                if failure is None:
-                    failure = exc
-                tg.cancel_scope.cancel()
 
         for job in jobs:
             tg.start_soon(guard, job)
-    if failure is not None:
-        raise failure
+    first.reraise()
 
 
 async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[T]]) -> T | None:
@@ -218,7 +213,7 @@ async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[T]]) ->
     (``work`` is then cancelled, which aborts its engine requests). An exception of
     ``work`` propagates as it is, not wrapped in an ExceptionGroup."""
     result: T | None = None
-    failure: Exception | None = None
+    first = FirstError()
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -226,11 +221,8 @@ async def unless_disconnected(receive: Any, work: Callable[[], Awaitable[T]]) ->
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        try:
+        with first.catch():
             result = await work()
-        except Exception as exc:
-            failure = exc
         tg.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+    first.reraise()
     return result

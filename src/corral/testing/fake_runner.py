@@ -12,7 +12,10 @@ sampled requests), whatever the batch, chunking, prefix hits or preemptions.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from corral.core.interface import ModelRunnerOutput, ScheduledSequence, SchedulerOutput
 from corral.errors import NotSupportedError
@@ -46,6 +49,10 @@ class FakeModelRunner:
         fail_at_step: Raise `FakeModelError` on this call of `execute` (1-based).
         fail_on_token: Raise `FakeModelError` when a step computes this token id.
         step_delay: Seconds to sleep in every `execute` (a slow model).
+
+    Tests of the async engine wait on the runner's steps with `wait_for_step` rather
+    than polling: the engine calls `execute` in a worker thread, and the runner wakes
+    the waiting task in the event loop when a step ends.
     """
 
     def __init__(
@@ -75,12 +82,72 @@ class FakeModelRunner:
         self.fail_on_token = fail_on_token
         self.step_delay = step_delay
         self.num_steps = 0
+        self.num_steps_done = 0
+        # (started, step, wake, event loop thread, event loop token) of the tasks in
+        # wait_for_step; `execute` runs in the engine's worker thread.
+        self._waiters: list[tuple[bool, int, Callable[[], None], int, Any]] = []
+        self._waiters_lock = threading.Lock()
         self.device: dict[int, _Entry] = {}
         self.host: dict[int, _Entry] = {}
 
+    async def wait_for_step(self, step: int | None = None, *, started: bool = False) -> int:
+        """Wait until `execute` has ended (returned or raised) for the ``step``-th time,
+        or with ``started=True`` until it has begun it; ``step`` is 1-based and is by
+        default the next one. Returns the number of steps ended (begun).
+
+        Returns at once (after a checkpoint) when that has already happened. Call it
+        from the event loop that drives the engine; bound it with ``fail_after``.
+        """
+        import anyio
+
+        with self._waiters_lock:
+            count = self.num_steps if started else self.num_steps_done
+            if step is None:
+                step = count + 1
+            event = None
+            if count < step:
+                event = anyio.Event()
+                token = anyio.lowlevel.current_token()
+                waiter = (started, step, event.set, threading.get_ident(), token)
+                self._waiters.append(waiter)
+        if event is None:
+            await anyio.lowlevel.checkpoint()
+            return count
+        try:
+            await event.wait()
+        finally:
+            with self._waiters_lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self.num_steps if started else self.num_steps_done
+
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Apply block movements, write the new tokens' KV, sample."""
-        self.num_steps += 1
+        with self._waiters_lock:
+            self.num_steps += 1
+        self._wake(started=True)
+        try:
+            return self._execute(scheduler_output)
+        finally:
+            with self._waiters_lock:
+                self.num_steps_done += 1
+            self._wake(started=False)
+
+    def _wake(self, *, started: bool) -> None:
+        count = self.num_steps if started else self.num_steps_done
+        with self._waiters_lock:
+            due = [w for w in self._waiters if w[0] == started and w[1] <= count]
+            for waiter in due:
+                self._waiters.remove(waiter)
+        for _, _, wake, thread, token in due:
+            if thread == threading.get_ident():
+                wake()  # a step run inline by the event loop (the engine's final flush)
+            else:
+                import anyio.from_thread
+
+                anyio.from_thread.run_sync(wake, token=token)
+
+    def _execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         if self.fail_at_step is not None and self.num_steps == self.fail_at_step:
             raise FakeModelError(f"injected failure at step {self.num_steps}")
         if self.step_delay:

@@ -4,6 +4,8 @@ vLLM starts an unowned background task (``start_engine_loop``) on the first
 ``generate``. Here the loop belongs to the ``async with`` block: entering the
 engine loads the model and starts the loop, leaving it aborts what is live and
 stops the loop. Code written for vLLM needs one change, the ``async with``.
+
+A facade over `AsyncEngine`, one layer above it: `corral.engine` never imports this.
 """
 
 from __future__ import annotations
@@ -11,17 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from corral.config import AsyncEngineArgs
-from corral.core.stats import EngineStats
+from corral.engine import AsyncEngine, RequestStream, open_engine
 from corral.errors import EngineClosedError, NotSupportedError
 from corral.sampling_params import SamplingParams
-
-from .stream import RequestStream
-
-if TYPE_CHECKING:
-    from corral.engine import AsyncEngine
+from corral.stats import EngineStats
 
 
 class AsyncLLMEngine:
@@ -72,8 +70,6 @@ class AsyncLLMEngine:
         return self._engine is not None and self._engine.is_running
 
     async def __aenter__(self) -> AsyncLLMEngine:
-        from corral.engine import open_engine
-
         if self._stack is not None:
             raise RuntimeError("this AsyncLLMEngine has already been entered")
         stack = AsyncExitStack()

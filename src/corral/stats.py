@@ -1,4 +1,4 @@
-"""`EngineStats`: a snapshot of the core's queues, cache and counters."""
+"""`EngineStats`: a snapshot of the engine's queues, cache and counters (a value type)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import attrs
 
 @attrs.frozen(kw_only=True)
 class EngineStats:
-    """What `EngineCore.stats()` reports. Counts are of sequences (each sample of a
+    """What `EngineCore.stats()` and `AsyncEngine.stats()` report. Counts are of sequences (each sample of a
     best_of request counts); counters (``num_*_tokens``, ``num_preemptions``,
     ``prefix_cache_*``) are cumulative since the core started.
 
@@ -15,6 +15,8 @@ class EngineStats:
         num_running: Sequences holding device blocks and scheduled each step.
         num_waiting: Sequences waiting for admission (new or preempted for recompute).
         num_swapped: Sequences whose blocks sit in the host cache.
+        num_unfinished_requests: Requests the core still holds: queued, running, or
+            aborted with their final output still to come out of a step.
         num_free_blocks: Device blocks with no reference (cached ones included: they
             are reusable).
         num_total_blocks: Device blocks in the cache.
@@ -29,6 +31,7 @@ class EngineStats:
     num_running: int
     num_waiting: int
     num_swapped: int
+    num_unfinished_requests: int
     num_free_blocks: int
     num_total_blocks: int
     kv_cache_usage: float

@@ -1,0 +1,34 @@
+"""Helpers for tests that drive an async engine: waiting for it to settle."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from corral.engine import AsyncEngine
+
+
+def is_idle(engine: AsyncEngine) -> bool:
+    """True when, as of the engine's last step, the core held no request and every
+    KV block was free (an aborted request counts until its final output is out)."""
+    stats = engine.stats()
+    return stats.num_unfinished_requests == 0 and stats.num_free_blocks == stats.num_total_blocks
+
+
+async def wait_idle(engine: AsyncEngine) -> None:
+    """Wait until `is_idle`: every request the engine was given has ended and its
+    KV blocks are free. Bound the wait with ``anyio.fail_after``.
+
+    Call it after the requests you wait for have reached the engine (an output was
+    read, or a stream was closed): a request still in the engine's inbox is not
+    counted yet. It reads the snapshots the engine loop publishes after each step
+    (`AsyncEngine.next_stats`): a busy engine always takes another step.
+
+    Raises:
+        EngineDeadError: the engine died meanwhile.
+    """
+    while not is_idle(engine):
+        await engine.next_stats()
+    await anyio.lowlevel.checkpoint()
