@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from corral.outputs import Logprobs
+
 if TYPE_CHECKING:
     from corral.sampling_params import SamplingParams
 
@@ -105,10 +107,6 @@ class SchedulerOutput:
         return not self.seqs and not (
             self.blocks_to_swap_out or self.blocks_to_swap_in or self.blocks_to_copy
         )
-
-
-Logprobs = dict[int, float]
-"""Token id -> log-probability: the chosen token plus the top-k asked for."""
 
 
 @attrs.define(slots=True)

@@ -22,6 +22,7 @@ from corral._concurrency import FirstError
 from corral.engine import AsyncEngine, RequestStream
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.metrics import ServerMetrics
+from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
 from corral.entrypoints.sse import wait_disconnect
 from corral.errors import EngineDeadError
 from corral.outputs import RequestOutput
@@ -61,6 +62,19 @@ class ServingContext:
         if requested not in self.served_model_names:
             raise APIError(404, f"model {requested!r} does not exist", "model")
         return requested
+
+    def begin(self, request: ChatCompletionRequest | CompletionRequest) -> str:
+        """The checks a generation request starts with; returns the served model name.
+
+        Raises:
+            APIError: 404 for an unknown model, 400 for streaming with best_of != n.
+            EngineDeadError: the engine died (answered 503).
+        """
+        model = self.model_name(request.model)
+        self.check_alive()
+        if request.stream and request.best_of not in (None, request.n):
+            raise APIError(400, "best_of: streaming needs best_of equal to n", "best_of")
+        return model
 
     def check_alive(self) -> None:
         """Raise `EngineDeadError` (answered 503) once the engine has died or closed."""

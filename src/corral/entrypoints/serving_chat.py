@@ -15,7 +15,8 @@ import jinja2
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
-from corral.entrypoints.errors import APIError, bad_request, error_body
+from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
+from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage
 from corral.entrypoints.responses import (
     ChatChoice,
@@ -32,7 +33,6 @@ from corral.entrypoints.responses import (
 )
 from corral.entrypoints.serving import ServingContext, unless_disconnected
 from corral.entrypoints.sse import Emit, EventStreamResponse
-from corral.errors import EngineDeadError
 from corral.outputs import Logprobs, RequestOutput
 from corral.sampling_params import SamplingParams
 
@@ -102,19 +102,14 @@ async def create_chat_completion(
     ctx: ServingContext, request: ChatCompletionRequest, receive: Any
 ) -> Response:
     """Answer a chat completion request (see the module docstring)."""
-    model = ctx.model_name(request.model)
-    ctx.check_alive()
-    if request.stream and request.best_of not in (None, request.n):
-        raise APIError(400, "best_of: streaming needs best_of equal to n", "best_of")
+    model = ctx.begin(request)
     text, token_ids, params = _prepare(ctx, request)
     request_id = random_id("chatcmpl")
     created = int(time.time())
     stream = ctx.submit(request_id, token_ids, params, prompt=text)
     if request.stream:
         return EventStreamResponse(
-            lambda emit: _stream(
-                ctx, request, stream, len(token_ids), request_id, created, model, emit
-            ),
+            lambda emit: _stream(ctx, request, stream, request_id, created, model, emit),
             stream.close,
         )
     try:
@@ -124,9 +119,7 @@ async def create_chat_completion(
     if final is None:
         return Response(status_code=499)  # the client left; nobody reads this
     choices = []
-    completion_tokens = 0
     for i, completion in enumerate(final.outputs):
-        completion_tokens += len(completion.token_ids)
         logprobs = None
         if request.logprobs:
             entries = list(completion.logprobs or [])
@@ -140,13 +133,8 @@ async def create_chat_completion(
                 stop_reason=completion.stop_reason,
             )
         )
-    usage = UsageInfo(
-        prompt_tokens=len(token_ids),
-        completion_tokens=completion_tokens,
-        total_tokens=len(token_ids) + completion_tokens,
-    )
     body = ChatCompletionResponse(
-        id=request_id, created=created, model=model, choices=choices, usage=usage
+        id=request_id, created=created, model=model, choices=choices, usage=usage_of([final])
     )
     return JSONResponse(body.model_dump())
 
@@ -155,16 +143,12 @@ async def _stream(
     ctx: ServingContext,
     request: ChatCompletionRequest,
     stream: RequestStream,
-    num_prompt_tokens: int,
     request_id: str,
     created: int,
     model: str,
     emit: Emit,
 ) -> None:
-    n = request.n
-    sent_text = [0] * n
-    sent_tokens = [0] * n
-    done = [False] * n
+    tracker = ChoiceTracker(request.n)
 
     def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> dict[str, Any]:
         body = ChatCompletionChunk(
@@ -172,48 +156,31 @@ async def _stream(
         )
         return body.model_dump(exclude={"usage"} if usage is None else None)
 
-    for i in range(n):
+    for i in range(request.n):
         await emit(
             chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
         )
 
     async def on_output(output: RequestOutput) -> None:
-        for i, completion in enumerate(output.outputs):
-            if done[i]:
-                continue
-            delta = completion.text[sent_text[i] :]
-            new_ids = completion.token_ids[sent_tokens[i] :]
-            if not delta and not new_ids and completion.finish_reason is None:
-                continue
+        for delta in tracker.deltas(output):
             logprobs = None
             if request.logprobs:
-                entries = list(completion.logprobs or [])[sent_tokens[i] :]
-                logprobs = _logprobs(ctx, new_ids, entries, request.top_logprobs or 0)
-            sent_text[i] = len(completion.text)
-            sent_tokens[i] = len(completion.token_ids)
-            done[i] = completion.finish_reason is not None
+                logprobs = _logprobs(
+                    ctx, delta.token_ids, delta.logprobs, request.top_logprobs or 0
+                )
             choice = ChatChunkChoice(
-                index=i,
-                delta=DeltaMessage(content=delta),
+                index=delta.index,
+                delta=DeltaMessage(content=delta.text),
                 logprobs=logprobs,
-                finish_reason=completion.finish_reason,
-                stop_reason=completion.stop_reason,
+                finish_reason=delta.finish_reason,
+                stop_reason=delta.stop_reason,
             )
             await emit(chunk([choice]))
 
-    try:
-        final = await ctx.consume(stream, on_output)
-    except APIError as exc:
-        await emit(error_body(exc.status, exc.message, exc.param))
-        return
-    except EngineDeadError as exc:
-        await emit(error_body(503, f"the engine has died: {exc}"))
-        return
-    if request.include_usage:
-        completion_tokens = sum(len(c.token_ids) for c in final.outputs)
-        usage = UsageInfo(
-            prompt_tokens=num_prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=num_prompt_tokens + completion_tokens,
-        )
-        await emit(chunk([], usage))
+    finals: list[RequestOutput] = []
+
+    async def work() -> None:
+        finals.append(await ctx.consume(stream, on_output))
+
+    if await stream_or_error(emit, work) and request.include_usage:
+        await emit(chunk([], usage_of(finals)))

@@ -10,7 +10,7 @@ the non-streamed text.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -18,18 +18,17 @@ import attrs
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
-from corral.entrypoints.errors import APIError, bad_request, error_body
+from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
+from corral.entrypoints.errors import bad_request
 from corral.entrypoints.protocol import CompletionRequest
 from corral.entrypoints.responses import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
-    UsageInfo,
     random_id,
 )
 from corral.entrypoints.serving import ServingContext, run_all, unless_disconnected
 from corral.entrypoints.sse import Emit, EventStreamResponse
-from corral.errors import EngineDeadError
 from corral.outputs import CompletionOutput, Logprobs, RequestOutput
 from corral.sampling_params import SamplingParams
 
@@ -49,7 +48,7 @@ class _LogprobWriter:
     num: int
     offset: int = 0
 
-    def write(self, token_ids: list[int], entries: list[Logprobs | None]) -> CompletionLogprobs:
+    def write(self, token_ids: list[int], entries: Sequence[Logprobs | None]) -> CompletionLogprobs:
         out = CompletionLogprobs()
         for token_id, entry in zip(token_ids, entries, strict=True):
             token = self.ctx.token_text(token_id)
@@ -137,10 +136,7 @@ async def create_completion(
     ctx: ServingContext, request: CompletionRequest, receive: Any
 ) -> Response:
     """Answer a completion request (see the module docstring)."""
-    model = ctx.model_name(request.model)
-    ctx.check_alive()
-    if request.stream and request.best_of not in (None, request.n):
-        raise APIError(400, "best_of: streaming needs best_of equal to n", "best_of")
+    model = ctx.begin(request)
     prompts = _prepare(ctx, request)
     request_id = random_id("cmpl")
     created = int(time.time())
@@ -171,17 +167,13 @@ async def create_completion(
         close_all()
     if None in finals:
         return Response(status_code=499)  # the client left; nobody reads this
+    done = [final for final in finals if final is not None]
     choices = []
-    usage = UsageInfo()
-    for p, (prompt, output) in enumerate(zip(prompts, finals, strict=True)):
-        assert output is not None
-        usage.prompt_tokens += len(output.prompt_token_ids)
+    for p, (prompt, output) in enumerate(zip(prompts, done, strict=True)):
         for i, completion in enumerate(output.outputs):
-            usage.completion_tokens += len(completion.token_ids)
             choices.append(_choice(ctx, request, p * request.n + i, prompt, output, completion))
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
     body = CompletionResponse(
-        id=request_id, created=created, model=model, choices=choices, usage=usage
+        id=request_id, created=created, model=model, choices=choices, usage=usage_of(done)
     )
     return JSONResponse(body.model_dump())
 
@@ -196,7 +188,7 @@ async def _stream(
     model: str,
     emit: Emit,
 ) -> None:
-    usage = UsageInfo()
+    finals: list[RequestOutput] = []
 
     def chunk(choice: CompletionChoice) -> dict[str, Any]:
         body = CompletionResponse(id=request_id, created=created, model=model, choices=[choice])
@@ -204,55 +196,36 @@ async def _stream(
 
     async def run(p: int, prompt: _Prompt) -> None:
         n = request.n
-        sent_text = [0] * n
-        sent_tokens = [0] * n
-        done = [False] * n
+        tracker = ChoiceTracker(n)
         writers = [_LogprobWriter(ctx, request.logprobs or 0) for _ in range(n)]
 
         async def on_output(output: RequestOutput) -> None:
-            for i, completion in enumerate(output.outputs):
-                if done[i]:
-                    continue
-                delta = completion.text[sent_text[i] :]
-                new_ids = completion.token_ids[sent_tokens[i] :]
-                first = sent_tokens[i] == 0 and sent_text[i] == 0
-                if not delta and not new_ids and completion.finish_reason is None:
-                    continue
+            for delta in tracker.deltas(output):
+                text = delta.text
                 logprobs = None
                 if request.logprobs is not None:
-                    entries = (completion.logprobs or [])[sent_tokens[i] :]
-                    logprobs = writers[i].write(new_ids, list(entries))
-                    if request.echo and first:
-                        logprobs = _merge(_prompt_logprobs(writers[i], output), logprobs)
-                if request.echo and first:
-                    delta = prompt.text + delta
-                sent_text[i] = len(completion.text)
-                sent_tokens[i] = len(completion.token_ids)
-                done[i] = completion.finish_reason is not None
+                    writer = writers[delta.index]
+                    logprobs = writer.write(delta.token_ids, delta.logprobs)
+                    if request.echo and delta.first:
+                        logprobs = _merge(_prompt_logprobs(writer, output), logprobs)
+                if request.echo and delta.first:
+                    text = prompt.text + text
                 choice = CompletionChoice(
-                    index=p * n + i,
-                    text=delta,
+                    index=p * n + delta.index,
+                    text=text,
                     logprobs=logprobs,
-                    finish_reason=completion.finish_reason,
-                    stop_reason=completion.stop_reason,
+                    finish_reason=delta.finish_reason,
+                    stop_reason=delta.stop_reason,
                 )
                 await emit(chunk(choice))
 
-        final = await ctx.consume(streams[p], on_output)
-        usage.prompt_tokens += len(final.prompt_token_ids)
-        usage.completion_tokens += sum(len(c.token_ids) for c in final.outputs)
+        finals.append(await ctx.consume(streams[p], on_output))
 
-    try:
+    async def work() -> None:
         await run_all([partial(run, p, prompt) for p, prompt in enumerate(prompts)])
-    except APIError as exc:
-        await emit(error_body(exc.status, exc.message, exc.param))
-        return
-    except EngineDeadError as exc:
-        await emit(error_body(503, f"the engine has died: {exc}"))
-        return
-    if request.include_usage:
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+
+    if await stream_or_error(emit, work) and request.include_usage:
         body = CompletionResponse(
-            id=request_id, created=created, model=model, choices=[], usage=usage
+            id=request_id, created=created, model=model, choices=[], usage=usage_of(finals)
         )
         await emit(body.model_dump())
