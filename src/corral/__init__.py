@@ -9,8 +9,18 @@ internal layers (`corral.core`, `corral.model`, `corral.ops`, the entrypoints'
 internals) are not re-exported here; see docs/architecture.md.
 """
 
+import os
+import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+# OpenMP threads that spin at barriers take the core their partner needs when the
+# machine is shared: two ACTIVE threads measured 3-5x slower than two PASSIVE ones
+# (docs/kernels.md, "OpenMP threads and wait policy"). libgomp reads the policy once,
+# when torch loads it, so it is set here, before corral imports torch; a value the
+# user chose is kept, and a process that imported torch first keeps torch's default.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from corral.config import AsyncEngineArgs as AsyncEngineArgs
 from corral.config import EngineArgs as EngineArgs
