@@ -2,7 +2,9 @@
 
 Usage::
 
-    python docs/examples/trio_streaming.py PATH_TO_HF_MODEL_FOLDER
+    python docs/examples/trio_streaming.py [PATH_TO_HF_MODEL_FOLDER]
+
+Without a model folder, the embedded storyteller model (corral.default_model) answers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 
 import trio
 
+from corral.default_model import default_model_path
 from corral.engine import AsyncEngine, open_engine
 from corral.sampling_params import SamplingParams
 
@@ -19,7 +22,7 @@ async def stream_one(engine: AsyncEngine) -> None:
     """Print a completion as it grows. Outputs are cumulative: print the new part."""
     params = SamplingParams(temperature=0.0, max_tokens=24)
     shown = 0
-    async with engine.generate("The quick brown fox", params) as stream:
+    async with engine.generate("Once upon a time", params) as stream:
         async for output in stream:
             text = output.outputs[0].text
             print(text[shown:], end="", flush=True)
@@ -28,19 +31,26 @@ async def stream_one(engine: AsyncEngine) -> None:
 
 
 async def with_deadline(engine: AsyncEngine) -> None:
-    """A deadline is a cancel scope: when it expires, the request is aborted for us."""
+    """A deadline is a cancel scope: when it expires, the request is aborted for us.
+
+    The deadline is set once the first token arrives (loading and the first step take
+    longer on a slow machine than a fixed deadline could allow), so that it cuts a
+    request in the middle of its 400 tokens.
+    """
     params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
     received = 0
-    with trio.move_on_after(0.05) as scope:
-        async with engine.generate("Structured concurrency keeps", params) as stream:
+    with trio.CancelScope() as scope:
+        async with engine.generate("There was a little fox", params) as stream:
             async for output in stream:
+                if received == 0:
+                    scope.deadline = trio.current_time() + 0.2
                 received = len(output.outputs[0].token_ids)
     print(f"[deadline: timed out={scope.cancelled_caught} after {received} of 400 tokens]")
 
 
 async def first_answer_wins(engine: AsyncEngine) -> None:
     """Race several prompts; cancelling the nursery aborts every request still running."""
-    prompts = ["def add(a, b):", "The lazy dog", "every task inside a nursery", "quick"]
+    prompts = ["Once upon a time", "The rabbit", "In a big forest", "A bird"]
     # Different lengths, so that exactly one finishes first.
     lengths = [40, 8, 24, 32]
     winner: list[str] = []
@@ -66,4 +76,4 @@ async def main(model: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1])
+    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else default_model_path())

@@ -248,12 +248,17 @@ class AsyncEngineArgs(EngineArgs):
     """`EngineArgs` plus the async front door's logging options.
 
     Attributes:
-        log_requests: Log each request's arrival and end.
-        max_log_len: Truncate logged prompts to this many characters/tokens (None: no limit).
+        log_requests: Log one line per request when it ends: its id, prompt tokens,
+            max tokens, finish reason and timings.
+        log_requests_verbose: Also log each request's prompt, token ids and sampling
+            parameters at INFO (at DEBUG they are logged anyway).
+        max_log_len: Cut logged prompts to this many characters and token ids (None: no
+            limit).
         disable_log_stats: Do not log periodic throughput and cache statistics.
     """
 
     log_requests: bool = True
+    log_requests_verbose: bool = False
     max_log_len: int | None = None
     disable_log_stats: bool = False
 

@@ -240,6 +240,7 @@ async def open_engine_from_core(
     model_config: Any = None,
     log_requests: bool = True,
     max_log_len: int | None = None,
+    log_requests_verbose: bool = False,
     log_stats: bool = True,
     stats_interval: float = 5.0,
 ) -> AsyncIterator[AsyncEngine]:
@@ -259,8 +260,10 @@ async def open_engine_from_core(
         tokenizer: Tokenizes text prompts; without one, requests must give token ids.
         model_config: Enables vocabulary checks of prompts (``vocab_size``,
             ``max_model_len``); returned by `AsyncEngine.get_model_config`.
-        log_requests: Log each request's arrival and end.
+        log_requests: Log one summary line per request when it ends.
         max_log_len: Longest prompt (characters or token ids) that is logged.
+        log_requests_verbose: Log each request's prompt and sampling parameters at
+            INFO (they go to DEBUG otherwise).
         log_stats: Log throughput, queues and KV cache use every ``stats_interval``
             seconds while the engine works.
         stats_interval: Seconds between two statistics lines.
@@ -271,7 +274,9 @@ async def open_engine_from_core(
         core,
         tokenizer=tokenizer,
         model_config=model_config,
-        request_logger=RequestLogger(enabled=log_requests, max_log_len=max_log_len),
+        request_logger=RequestLogger(
+            enabled=log_requests, max_log_len=max_log_len, verbose=log_requests_verbose
+        ),
         log_stats=log_stats,
         stats_interval=stats_interval,
     )
@@ -326,9 +331,10 @@ async def open_engine(
     from corral._compose import build_engine_core
 
     core, tokenizer, model_config = await anyio.to_thread.run_sync(build_engine_core, resolved)
-    log_requests, max_log_len, log_stats = True, None, True
+    log_requests, max_log_len, log_stats, verbose = True, None, True, False
     if isinstance(resolved, AsyncEngineArgs):
         log_requests = resolved.log_requests
+        verbose = resolved.log_requests_verbose
         max_log_len = resolved.max_log_len
         log_stats = not resolved.disable_log_stats
     async with open_engine_from_core(
@@ -337,6 +343,7 @@ async def open_engine(
         model_config=model_config,
         log_requests=log_requests,
         max_log_len=max_log_len,
+        log_requests_verbose=verbose,
         log_stats=log_stats,
     ) as engine:
         yield engine

@@ -34,7 +34,7 @@ def check_transcript(out: str) -> None:
     deadline = re.search(r"\[deadline: timed out=(\w+) after (\d+) of 400 tokens\]", out)
     assert deadline is not None and deadline.group(1) == "True"
     assert int(deadline.group(2)) < 400
-    assert "[race: 'The lazy dog' answered first; the other requests were aborted]" in out
+    assert "[race: 'The rabbit' answered first; the other requests were aborted]" in out
 
 
 def test_trio_example(model_dir: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -120,10 +120,12 @@ async def test_exit_waits_for_the_step_in_flight() -> None:
     stream.close()
 
 
-async def test_requests_are_logged_with_max_log_len(caplog: pytest.LogCaptureFixture) -> None:
+async def test_requests_are_logged_in_one_summary_line_without_the_prompt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="corral.engine")
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), max_log_len=3, log_stats=False) as engine:
+        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
             async for _ in engine.generate(
                 "abcdefgh", greedy(2), "logged", prompt_token_ids=[1, 2, 3, 4, 5]
             ):
@@ -131,10 +133,29 @@ async def test_requests_are_logged_with_max_log_len(caplog: pytest.LogCaptureFix
             stream = engine.generate(None, greedy(50), "dropped", prompt_token_ids=[1])
             stream.close()
     messages = [r.getMessage() for r in caplog.records]
+    (logged,) = [m for m in messages if "logged" in m]
+    assert logged.startswith("Request logged: prompt 5 tokens, max_tokens 2, finish length")
+    assert "abc" not in logged
+    (dropped,) = [m for m in messages if "dropped" in m]
+    assert dropped.startswith("Request dropped: prompt 1 tokens, max_tokens 50, aborted after")
+
+
+async def test_verbose_request_logs_show_the_prompt_cut_at_max_log_len(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="corral.engine")
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine_from_core(
+            fake_core(), max_log_len=3, log_requests_verbose=True, log_stats=False
+        ) as engine:
+            async for _ in engine.generate(
+                "abcdefgh", greedy(2), "logged", prompt_token_ids=[1, 2, 3, 4, 5]
+            ):
+                pass
+    messages = [r.getMessage() for r in caplog.records]
     received = next(m for m in messages if m.startswith("Received request logged"))
     assert "'abc'" in received and "[1, 2, 3]" in received and "abcd" not in received
-    assert "Finished request logged." in messages
-    assert "Aborted request dropped." in messages
+    assert any(m.startswith("Request logged: prompt 5 tokens") for m in messages)
 
 
 async def test_no_request_logs_when_disabled(caplog: pytest.LogCaptureFixture) -> None:

@@ -15,26 +15,36 @@ logger = logging.getLogger("corral.engine")
 
 
 class RequestLogger:
-    """Logs each request's arrival (prompt and token ids cut to `max_log_len`) and end.
+    """Logs one summary line per request when it ends, and its full prompt on arrival
+    only when asked.
+
+    The summary (id, prompt tokens, max tokens, finish reason, timings) goes to INFO.
+    The prompt text, token ids and sampling parameters go to INFO with ``verbose`` and
+    to DEBUG otherwise: a server's log at its default level should not hold what its
+    users wrote. Both are cut to ``max_log_len``.
 
     Args:
         enabled: False logs nothing.
         max_log_len: Longest prompt (characters) and token id list logged; None: all.
+        verbose: Log each request's prompt and sampling parameters at INFO.
     """
 
-    def __init__(self, *, enabled: bool, max_log_len: int | None) -> None:
+    def __init__(self, *, enabled: bool, max_log_len: int | None, verbose: bool = False) -> None:
         self.enabled = enabled
         self.max_log_len = max_log_len
+        self.verbose = verbose
 
     def received(self, state: RequestState) -> None:
-        if not self.enabled:
+        level = logging.INFO if self.verbose else logging.DEBUG
+        if not self.enabled or not logger.isEnabledFor(level):
             return
         prompt = state.prompt
         token_ids = state.prompt_token_ids
         if self.max_log_len is not None:
             prompt = None if prompt is None else prompt[: self.max_log_len]
             token_ids = token_ids[: self.max_log_len]
-        logger.info(
+        logger.log(
+            level,
             "Received request %s: prompt: %r, sampling_params: %s, prompt_token_ids: %s",
             state.request_id,
             prompt,
@@ -45,12 +55,34 @@ class RequestLogger:
     def finished(self, state: RequestState, output: RequestOutput | None) -> None:
         if not self.enabled:
             return
+        head = (
+            f"Request {state.request_id}: prompt {len(state.prompt_token_ids)} tokens, "
+            f"max_tokens {state.params.max_tokens}"
+        )
+        now = time.time()
         if output is None:
-            logger.info("Aborted request %s.", state.request_id)
+            logger.info("%s, aborted after %.3fs", head, now - state.arrival_time)
         elif output.error is not None:
-            logger.info("Rejected request %s: %s", state.request_id, output.error)
+            logger.info("%s, rejected: %s", head, output.error)
         else:
-            logger.info("Finished request %s.", state.request_id)
+            logger.info("%s, %s", head, _outcome(output, now))
+
+
+def _outcome(output: RequestOutput, now: float) -> str:
+    """Finish reasons, generated tokens and timings of a finished request."""
+    reasons = ",".join(str(c.finish_reason) for c in output.outputs)
+    generated = sum(len(c.token_ids) for c in output.outputs)
+    metrics = output.metrics
+    parts = [f"finish {reasons}", f"generated {generated} tokens"]
+    if metrics is None:
+        return ", ".join(parts)
+    if metrics.first_scheduled_time is not None:
+        parts.append(f"queued {metrics.first_scheduled_time - metrics.arrival_time:.3f}s")
+    if metrics.first_token_time is not None:
+        parts.append(f"first token {metrics.first_token_time - metrics.arrival_time:.3f}s")
+    finished = metrics.finished_time if metrics.finished_time is not None else now
+    parts.append(f"total {finished - metrics.arrival_time:.3f}s")
+    return ", ".join(parts)
 
 
 class StatsLogger:

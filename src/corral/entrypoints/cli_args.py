@@ -3,7 +3,9 @@
 Every field of `AsyncEngineArgs` (and the sampling fields of `SamplingParams`)
 becomes ``--field-name`` with the class docstring's description as help, so the
 CLI can never drift from the Python API: a new field is a new option. Booleans get
-``--flag/--no-flag``; ``X | None`` fields default to None.
+``--flag/--no-flag``; an ``X | None`` field also takes the word ``None``, as its help
+promises. Help text is the docstring made plain: no reStructuredText markup, no notes
+about how the value is stored.
 """
 
 from __future__ import annotations
@@ -35,6 +37,41 @@ def field_docs(cls: type) -> dict[str, str]:
             elif current is not None and line.strip():
                 docs[current] += " " + line.strip()
     return docs
+
+
+class _ExplicitNone:
+    """The value of an option given as ``None`` on the command line: unlike an option
+    left out (None in the namespace), it is passed on, overriding the field's default."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+EXPLICIT_NONE = _ExplicitNone()
+
+# Sentences that describe the Python value's storage or point into the code; they mean
+# nothing to someone typing a flag.
+_IMPLEMENTATION_NOTES = re.compile(r"\s*(Normalized to a tuple\.|\(see `\w+`\))")
+
+
+def plain_help(text: str) -> str:
+    """A docstring fragment as help text: markup and implementation notes removed."""
+    text = _IMPLEMENTATION_NOTES.sub("", text)
+    return re.sub(r"``?([^`]+)``?", r"\1", text).replace("%", "%%")
+
+
+def _none_or(convert: Any) -> Any:
+    def parse(text: str) -> Any:
+        return EXPLICIT_NONE if text == "None" else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error message
+    return parse
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in (
+        typing.get_args(hint)
+    )
 
 
 def _base_type(hint: Any) -> Any:
@@ -78,28 +115,27 @@ def add_attrs_options(
         default = (defaults or {}).get(field.name, field.default)
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
-        help_text = docs.get(field.name, "")
-        shown = f"{help_text} (default: {default!r})".replace("%", "%%")
+        help_text = plain_help(docs.get(field.name, ""))
+        shown = f"{help_text} (default: {default!r})"
         base = _base_type(hints[field.name])
+        optional = _is_optional(hints[field.name])
         name = option_name(field.name)
         if base is bool:
             parser.add_argument(
-                name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=help_text.replace("%", "%%"),
+                name, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         elif typing.get_origin(base) is typing.Literal:
             choices = typing.get_args(base)
             parser.add_argument(name, choices=choices, default=default, help=shown)
         elif base in (int, float, str):
-            metavar = base.__name__.upper()
-            parser.add_argument(name, type=base, default=default, metavar=metavar, help=shown)
+            metavar = base.__name__.upper() + ("|None" if optional else "")
+            convert = _none_or(base) if optional else base
+            parser.add_argument(name, type=convert, default=default, metavar=metavar, help=shown)
         elif typing.get_origin(base) is tuple and typing.get_args(base)[0] in (int, str):
             item = typing.get_args(base)[0]
             parser.add_argument(
                 name, type=item, action="append", default=None, metavar=item.__name__.upper(),
-                help=f"{help_text} (repeat the option for several)".replace("%", "%%"),
+                help=f"{help_text} (repeat the option for several)",
             )  # fmt: skip
         else:
             raise TypeError(
@@ -112,10 +148,12 @@ def add_attrs_options(
 def collect(namespace: argparse.Namespace, fields: Iterable[str]) -> dict[str, Any]:
     """The values of ``fields`` in a parsed namespace. None (an unset option whose
     default is None, or a repeatable option never given) is left out, so that the
-    class's own default applies."""
+    class's own default applies; an option given as ``None`` passes None."""
     values = {}
     for field in fields:
         value = getattr(namespace, field)
-        if value is not None:
+        if value is EXPLICIT_NONE:
+            values[field] = None
+        elif value is not None:
             values[field] = value
     return values

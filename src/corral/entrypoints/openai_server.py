@@ -8,12 +8,12 @@ lifetime belongs to whoever opened it.
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-import corral
 from corral.engine import AsyncEngine
 from corral.entrypoints.errors import install_error_handlers
 from corral.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
@@ -36,6 +36,12 @@ from corral.entrypoints.serving_completion import create_completion
 
 DEFAULT_MAX_BODY_SIZE = 4 * 2**20
 """Largest request body accepted (bytes); larger ones get 413."""
+
+
+def package_version() -> str:
+    """The installed corral's version (its package metadata), as ``/version`` and
+    ``corral --version`` report it."""
+    return importlib.metadata.version("corral")
 
 
 async def make_context(
@@ -80,7 +86,7 @@ def build_app(
         api_key: When set, every ``/v1/`` request needs ``Authorization: Bearer <api_key>``.
         max_body_size: Requests with a larger body (bytes) are answered 413.
     """
-    app = FastAPI(title="corral", version=corral.__version__)
+    app = FastAPI(title="corral", version=package_version())
     install_error_handlers(app)
 
     @app.get("/health")
@@ -89,7 +95,7 @@ def build_app(
 
     @app.get("/version")
     async def version() -> dict[str, str]:
-        return {"version": corral.__version__}
+        return {"version": package_version()}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -19,8 +19,10 @@ signal cancels at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from typing import Any
 
 import anyio
@@ -39,6 +41,45 @@ LOOPS = ("asyncio", "trio")
 """Event loops ``corral serve`` runs on (``--loop``)."""
 
 
+class PortInUseError(OSError):
+    """The address ``corral serve`` should listen on is taken by another socket."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(errno.EADDRINUSE, f"port {port} on {host} is in use")
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` for a moment, as the server will, to learn now whether it can.
+
+    With SO_REUSEADDR, as hypercorn binds, so that connections of an earlier server
+    still in TIME_WAIT do not count as the port being in use. Port 0 (any free port)
+    is always available. Another process may still take the port between this check
+    and the server's bind; that bind then fails with the same error.
+
+    Raises:
+        PortInUseError: Another socket listens on (or holds) the address.
+        OSError: The address cannot be bound for another reason (not a local address,
+            a privileged port).
+    """
+    if port == 0:
+        return
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUseError(host, port) from None
+                raise
+
+
 @attrs.frozen(kw_only=True)
 class ServerSettings:
     """How ``corral serve`` listens; the engine's own arguments are `AsyncEngineArgs`.
@@ -48,7 +89,8 @@ class ServerSettings:
         port: TCP port.
         api_key: When set, ``/v1/`` requests need ``Authorization: Bearer <api_key>``.
         loop: Event loop: "asyncio" or "trio".
-        served_model_names: Names clients may use as ``model``; the model path by default.
+        served_model_names: Names clients may use as ``model``; the model path by default
+            (the CLI serves the embedded model as "storyteller").
         shutdown_timeout: Seconds in-flight requests may take to finish after a signal.
         max_body_size: Largest request body in bytes (larger: 413).
     """
@@ -151,5 +193,21 @@ async def serve(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
 
 
 def run_server(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
-    """Run `serve` on the event loop ``settings.loop`` names (blocks until shutdown)."""
-    anyio.run(serve, settings, engine_args, backend=settings.loop)
+    """Run `serve` on the event loop ``settings.loop`` names (blocks until shutdown).
+
+    Raises:
+        PortInUseError: The port was taken (checked by the caller before loading, it
+            can still be taken meanwhile).
+    """
+    try:
+        anyio.run(serve, settings, engine_args, backend=settings.loop)
+    except BaseException as exc:
+        if _address_in_use(exc):
+            raise PortInUseError(settings.host, settings.port) from None
+        raise
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_address_in_use(inner) for inner in exc.exceptions)
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
