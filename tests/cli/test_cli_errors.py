@@ -105,7 +105,7 @@ def test_a_lone_model_argument_asks_for_a_prompt(model: str) -> None:
 
 
 def test_a_model_then_a_prompt_generates() -> None:
-    result = run_corral("generate", default_model_path(), "Once upon a time", *SHORT)
+    result = run_corral("generate", default_model_path(), "Once upon a time", "--max-tokens", "8")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and result.stderr == ""
 
@@ -141,14 +141,14 @@ def test_an_unknown_log_level_is_a_usage_error() -> None:
 
 
 def test_log_level_is_accepted_after_the_subcommand() -> None:
-    result = run_corral("generate", "Once upon a time", "--log-level", "info", *SHORT)
+    result = run_corral("generate", "Once upon a time", "--log-level", "info", "--max-tokens", "8")
     assert result.returncode == 0, result.stderr
     assert "INFO corral.model" in result.stderr
 
 
 def test_a_subcommand_usage_error_shows_the_subcommand_usage() -> None:
-    for command in ("generate", "serve"):
-        result = run_corral(command, "--no-such-flag")
+    for command, args in (("generate", ["Hello"]), ("serve", [])):
+        result = run_corral(command, *args, "--no-such-flag")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith(f"usage: corral {command} "), result.stderr
         assert "unrecognized arguments: --no-such-flag" in result.stderr
