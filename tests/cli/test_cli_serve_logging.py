@@ -74,6 +74,6 @@ def test_verbose_logs_the_prompt_cut_at_max_log_len() -> None:
     log, _ = serve_one_request("--log-requests-verbose", "--max-log-len", "11")
     received = [line for line in request_lines(log) if "Received request" in line]
     assert len(received) == 1, log
-    assert "prompt: 'Once upon a '," in received[0]
+    assert "prompt: 'Once upon a'," in received[0]
     assert "purple" not in log
     assert len(request_lines(log)) == 2

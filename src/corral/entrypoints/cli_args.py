@@ -149,7 +149,7 @@ def collect(namespace: argparse.Namespace, fields: Iterable[str]) -> dict[str, A
     """The values of ``fields`` in a parsed namespace. None (an unset option whose
     default is None, or a repeatable option never given) is left out, so that the
     class's own default applies; an option given as ``None`` passes None."""
-    values = {}
+    values: dict[str, Any] = {}
     for field in fields:
         value = getattr(namespace, field)
         if value is EXPLICIT_NONE:
