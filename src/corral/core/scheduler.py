@@ -56,10 +56,6 @@ class Scheduler:
         self.num_reserved = 0
         self.num_preemptions = 0
 
-    @property
-    def num_running_seqs(self) -> int:
-        return len(self.running)
-
     def add(self, seq: Sequence) -> None:
         seq.status = SeqStatus.WAITING
         heapq.heappush(self.waiting, (seq.priority, seq))
@@ -112,65 +108,76 @@ class Scheduler:
             heapq.heappush(self.waiting, (victim.priority, victim))
         return victim
 
-    def _num_samples(self, seq: Sequence, end: int) -> int:
-        if end < len(seq.token_ids):
-            return 0
-        return seq.params.best_of if seq.fork_pending else 1
-
     def _emit(self, out: SchedulerOutput, seq: Sequence, num_new: int) -> None:
+        """Add ``num_new`` tokens of ``seq`` (its slots already allocated) to the batch."""
         bs = self.kv.block_size
         block_table = seq.block_table
         slot_mapping = out.slot_mapping
         start = seq.num_computed_tokens
-        for pos in range(start, start + num_new):
+        end = start + num_new
+        for pos in range(start, end):
             slot_mapping.append(block_table[pos // bs] * bs + pos % bs)
         out.seqs.append(seq)
         out.num_new_tokens.append(num_new)
-        out.num_samples.append(self._num_samples(seq, start + num_new))
+        # A chunk that stops short of the known tokens samples nothing.
+        out.num_samples.append(0 if end < len(seq.token_ids) else self._seats(seq))
 
     def schedule(self) -> SchedulerOutput:
         """Pick this step's work; sequences' block tables grow to cover it."""
-        config = self.config
-        kv = self.kv
         out = SchedulerOutput()
-        budget = config.max_num_batched_tokens
-        chunked = config.enable_chunked_prefill
-        running = self.running
-        preempted = False
+        budget = self.config.max_num_batched_tokens
+        budget, prefilling, preempted = self._schedule_decodes(out, budget)
+        budget, held_back = self._schedule_prefill_chunks(out, prefilling, budget)
+        # A step that had to preempt starts nothing: what it would start could be the
+        # next step's victim.
+        if not preempted:
+            budget = self._schedule_swap_ins(out, budget)
+            if not held_back and not self.swapped:
+                self._schedule_admissions(out, budget)
+        self.kv.release_held()
+        self._order_batch(out)
+        return out
 
-        # 1. Decodes. The hot loop: one slot per sequence, inlined.
-        bs = kv.block_size
-        slot_mapping = out.slot_mapping
-        seqs = out.seqs
-        num_new_tokens = out.num_new_tokens
-        num_samples = out.num_samples
-        prefilling: list[Sequence] = []
+    def _schedule_decodes(
+        self, out: SchedulerOutput, budget: int
+    ) -> tuple[int, list[Sequence], bool]:
+        """Phase 1: one token for each running sequence that decodes, in FCFS order,
+        preempting from the tail when blocks run out.
+
+        Returns the budget left, the running sequences in the middle of a prefill (in
+        order), and whether anything was preempted (or finished as too large).
+        """
+        running = self.running
+        kv = self.kv
         blocks_to_copy = out.blocks_to_copy
+        prefilling: list[Sequence] = []
+        preempted = False
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
-            pos = seq.num_computed_tokens
-            if len(seq.token_ids) - pos != 1:
+            if len(seq.token_ids) - seq.num_computed_tokens != 1:
                 prefilling.append(seq)
                 i += 1
                 continue
-            block_table = seq.block_table
-            index = pos // bs
-            if (
-                index == len(block_table) or kv.pool.ref_counts[block_table[index]] > 1
-            ) and not kv.append_slots(seq, 1, blocks_to_copy):
-                if not self._make_room(seq, i, out):
-                    preempted = True
-                    continue
+            if not kv.append_slots(seq, 1, blocks_to_copy):
                 preempted = True
-            slot_mapping.append(block_table[index] * bs + pos % bs)
-            seqs.append(seq)
-            num_new_tokens.append(1)
-            num_samples.append(seq.params.best_of if seq.fork_pending else 1)
+                if not self._make_room(seq, i, out):
+                    continue
+            self._emit(out, seq, 1)
             budget -= 1
             i += 1
+        return budget, prefilling, preempted
 
-        # 2. Running prefill chunks.
+    def _schedule_prefill_chunks(
+        self, out: SchedulerOutput, prefilling: list[Sequence], budget: int
+    ) -> tuple[int, bool]:
+        """Phase 2: a chunk for each running sequence in the middle of its prefill.
+
+        Returns the budget left and whether a chunk was held back (no budget without
+        chunking, or no blocks).
+        """
+        kv = self.kv
+        chunked = self.config.enable_chunked_prefill
         held_back = False
         for seq in prefilling:
             if budget == 0:
@@ -181,23 +188,12 @@ class Scheduler:
             elif num_new > budget:
                 held_back = True
                 continue
-            if not kv.append_slots(seq, num_new, blocks_to_copy):
+            if not kv.append_slots(seq, num_new, out.blocks_to_copy):
                 held_back = True
                 continue
             self._emit(out, seq, num_new)
             budget -= num_new
-
-        # 3. Swapped-out sequences come back before anything new is admitted.
-        if not preempted:
-            budget = self._swap_in(out, budget)
-
-        # 4. Admissions.
-        if not preempted and not held_back and not self.swapped:
-            self._admit(out, budget)
-
-        kv.release_pinned()
-        self._order_batch(out)
-        return out
+        return budget, held_back
 
     def _make_room(self, seq: Sequence, index: int, out: SchedulerOutput) -> bool:
         """Preempt from the tail until ``seq`` (at ``running[index]``) gets its slot.
@@ -233,7 +229,9 @@ class Scheduler:
             f"holds ({self.kv.pool.num_blocks} blocks of {self.kv.block_size} tokens)",
         )
 
-    def _swap_in(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_swap_ins(self, out: SchedulerOutput, budget: int) -> int:
+        """Phase 3: swapped-out sequences come back, FCFS, before anything new is
+        admitted. Returns the budget left."""
         config = self.config
         kv = self.kv
         swapped = self.swapped
@@ -263,7 +261,8 @@ class Scheduler:
             budget -= num_new
         return budget
 
-    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+    def _schedule_admissions(self, out: SchedulerOutput, budget: int) -> None:
+        """Phase 4: waiting sequences, strictly FCFS (the head blocks those behind it)."""
         config = self.config
         kv = self.kv
         waiting = self.waiting
