@@ -186,46 +186,33 @@ class EngineCore:
         now: float,
         changed: dict[Request, None],
     ) -> None:
-        # The hot path: runs once per scheduled sequence per step.
-        kv = self.kv
-        caching = kv.enable_prefix_caching
-        block_size = kv.block_size
-        append = self._append
-        sampled = result.sampled_token_ids
-        sampled_logprobs = result.sampled_logprobs
-        top_logprobs = result.top_logprobs
-        num_new_tokens = scheduler_output.num_new_tokens
-        num_samples = scheduler_output.num_samples
-        k = 0
-        num_sampled = 0
+        """Apply a step's results, entry by entry in batch order: the computed tokens
+        (and the prefix cache), prompt bookkeeping, then the sampled tokens, which are
+        flat over the entries that sample."""
         # The scheduler only ever schedules our own Sequence objects.
         seqs = cast(list[Sequence], scheduler_output.seqs)
-        for i, seq in enumerate(seqs):
-            start = seq.num_computed_tokens
-            end = start + num_new_tokens[i]
-            seq.num_computed_tokens = end
-            if caching and end // block_size > seq.num_cached_blocks:
-                kv.cache_full_blocks(seq)
-            request = seq.request
+        k = 0
+        for seq, num_new, count in zip(
+            seqs, scheduler_output.num_new_tokens, scheduler_output.num_samples, strict=True
+        ):
+            start = self._advance(seq, num_new)
             if start < seq.num_prompt_tokens:
-                self._prefill_done(seq, start, end, result, now)
-            count = num_samples[i]
-            if not count:
-                continue
-            if count == 1:
-                append(seq, sampled[k], sampled_logprobs[k], top_logprobs[k])
-                k += 1
-            else:
-                for target in self._fork(seq, count):
-                    append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
-                    k += 1
-            num_sampled += count
-            metrics = request.metrics
-            if metrics.first_token_time is None:
-                metrics.first_token_time = now
-            metrics.last_token_time = now
-            changed[request] = None
-        self._num_generation_tokens += num_sampled
+                self._prefill_done(seq, start, start + num_new, result, now)
+            if count:
+                self._append_samples(seq, count, result, k)
+                k += count
+                self._mark_sampled(seq.request, now, changed)
+        self._num_generation_tokens += k
+
+    def _advance(self, seq: Sequence, num_new: int) -> int:
+        """Count ``num_new`` more tokens of ``seq`` as computed; return where they start."""
+        start = seq.num_computed_tokens
+        end = start + num_new
+        seq.num_computed_tokens = end
+        kv = self.kv
+        if kv.enable_prefix_caching and end // kv.block_size > seq.num_cached_blocks:
+            kv.cache_full_blocks(seq)
+        return start
 
     def _prefill_done(
         self, seq: Sequence, start: int, end: int, result: ModelRunnerOutput, now: float
@@ -237,6 +224,27 @@ class EngineCore:
         self._num_prompt_tokens += min(end, seq.num_prompt_tokens) - start
         if request.prompt_logprobs is not None:
             self._add_prompt_logprobs(seq, start, result)
+
+    def _append_samples(
+        self, seq: Sequence, count: int, result: ModelRunnerOutput, first: int
+    ) -> None:
+        """Append samples ``first .. first + count - 1`` of ``result``: one to ``seq``,
+        or one to each sample of its request when ``count > 1`` (the first sample step
+        of a best_of request forks ``seq``)."""
+        targets = (seq,) if count == 1 else self._fork(seq, count)
+        sampled = result.sampled_token_ids
+        sampled_logprobs = result.sampled_logprobs
+        top_logprobs = result.top_logprobs
+        for k, target in enumerate(targets, first):
+            self._append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
+
+    @staticmethod
+    def _mark_sampled(request: Request, now: float, changed: dict[Request, None]) -> None:
+        metrics = request.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+        metrics.last_token_time = now
+        changed[request] = None
 
     def _fork(self, seq: Sequence, count: int) -> list[Sequence]:
         request = seq.request
