@@ -1,9 +1,11 @@
-"""The one comparison of corral's tokens with a reference, tolerant only at near-ties.
+"""The one comparison of greedy tokens with a reference, tolerant only at near-ties.
 
 torch's CPU matmul is not batch-invariant (the same row differs in the last bits by
 batch size and position), so two correct runs may choose different tokens where the
-two best candidates are practically tied. `compare_tokens` accepts a divergence only
-at such a near-tie and stops comparing there; any other divergence fails.
+two best candidates are practically tied. `compare_tokens` (against a reference's
+logits) and `compare_with_logprobs` (against a first corral run's top logprobs)
+accept a divergence only at such a near-tie and stop comparing there; any other
+divergence fails. Needs torch.
 """
 
 from __future__ import annotations
