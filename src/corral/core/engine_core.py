@@ -186,33 +186,67 @@ class EngineCore:
         now: float,
         changed: dict[Request, None],
     ) -> None:
-        """Apply a step's results, entry by entry in batch order: the computed tokens
-        (and the prefix cache), prompt bookkeeping, then the sampled tokens, which are
-        flat over the entries that sample."""
+        """Apply a step's results in two passes over the batch: the computed tokens,
+        then the sampled ones."""
         # The scheduler only ever schedules our own Sequence objects.
         seqs = cast(list[Sequence], scheduler_output.seqs)
-        k = 0
-        for seq, num_new, count in zip(
-            seqs, scheduler_output.num_new_tokens, scheduler_output.num_samples, strict=True
-        ):
-            start = self._advance(seq, num_new)
-            if start < seq.num_prompt_tokens:
-                self._prefill_done(seq, start, start + num_new, result, now)
-            if count:
-                self._append_samples(seq, count, result, k)
-                k += count
-                self._mark_sampled(seq.request, now, changed)
-        self._num_generation_tokens += k
+        self._advance(seqs, scheduler_output.num_new_tokens, result, now)
+        self._append_samples(seqs, scheduler_output.num_samples, result, now, changed)
 
-    def _advance(self, seq: Sequence, num_new: int) -> int:
-        """Count ``num_new`` more tokens of ``seq`` as computed; return where they start."""
-        start = seq.num_computed_tokens
-        end = start + num_new
-        seq.num_computed_tokens = end
+    def _advance(
+        self,
+        seqs: list[Sequence],
+        num_new_tokens: list[int],
+        result: ModelRunnerOutput,
+        now: float,
+    ) -> None:
+        """Count each entry's new tokens as computed: offer newly full blocks to the
+        prefix cache, and do the bookkeeping of prompt tokens."""
         kv = self.kv
-        if kv.enable_prefix_caching and end // kv.block_size > seq.num_cached_blocks:
-            kv.cache_full_blocks(seq)
-        return start
+        caching = kv.enable_prefix_caching
+        block_size = kv.block_size
+        for seq, num_new in zip(seqs, num_new_tokens, strict=True):
+            start = seq.num_computed_tokens
+            end = start + num_new
+            seq.num_computed_tokens = end
+            if caching and end // block_size > seq.num_cached_blocks:
+                kv.cache_full_blocks(seq)
+            if start < seq.num_prompt_tokens:
+                self._prefill_done(seq, start, end, result, now)
+
+    def _append_samples(
+        self,
+        seqs: list[Sequence],
+        num_samples: list[int],
+        result: ModelRunnerOutput,
+        now: float,
+        changed: dict[Request, None],
+    ) -> None:
+        """Append the sampled tokens, which are flat over the entries that sample, in
+        batch order; an entry with several samples completed the prompt of a best_of
+        request and forks into them."""
+        append = self._append
+        sampled = result.sampled_token_ids
+        sampled_logprobs = result.sampled_logprobs
+        top_logprobs = result.top_logprobs
+        k = 0
+        for seq, count in zip(seqs, num_samples, strict=True):
+            if not count:
+                continue
+            if count == 1:
+                append(seq, sampled[k], sampled_logprobs[k], top_logprobs[k])
+                k += 1
+            else:
+                for target in self._fork(seq, count):
+                    append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
+                    k += 1
+            request = seq.request
+            metrics = request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            changed[request] = None
+        self._num_generation_tokens += k
 
     def _prefill_done(
         self, seq: Sequence, start: int, end: int, result: ModelRunnerOutput, now: float
@@ -224,27 +258,6 @@ class EngineCore:
         self._num_prompt_tokens += min(end, seq.num_prompt_tokens) - start
         if request.prompt_logprobs is not None:
             self._add_prompt_logprobs(seq, start, result)
-
-    def _append_samples(
-        self, seq: Sequence, count: int, result: ModelRunnerOutput, first: int
-    ) -> None:
-        """Append samples ``first .. first + count - 1`` of ``result``: one to ``seq``,
-        or one to each sample of its request when ``count > 1`` (the first sample step
-        of a best_of request forks ``seq``)."""
-        targets = (seq,) if count == 1 else self._fork(seq, count)
-        sampled = result.sampled_token_ids
-        sampled_logprobs = result.sampled_logprobs
-        top_logprobs = result.top_logprobs
-        for k, target in enumerate(targets, first):
-            self._append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
-
-    @staticmethod
-    def _mark_sampled(request: Request, now: float, changed: dict[Request, None]) -> None:
-        metrics = request.metrics
-        if metrics.first_token_time is None:
-            metrics.first_token_time = now
-        metrics.last_token_time = now
-        changed[request] = None
 
     def _fork(self, seq: Sequence, count: int) -> list[Sequence]:
         request = seq.request
