@@ -196,18 +196,12 @@ class Scheduler:
         chunking, or no blocks).
         """
         kv = self.kv
-        chunked = self.config.enable_chunked_prefill
         held_back = False
         for seq in prefilling:
             if budget == 0:
                 break
-            num_new = len(seq.token_ids) - seq.num_computed_tokens
-            if chunked:
-                num_new = min(num_new, budget)
-            elif num_new > budget:
-                held_back = True
-                continue
-            if not kv.append_slots(seq, num_new, out.blocks_to_copy):
+            num_new = self._chunk(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            if not num_new or not kv.append_slots(seq, num_new, out.blocks_to_copy):
                 held_back = True
                 continue
             self._emit(out, seq, num_new)
@@ -251,25 +245,14 @@ class Scheduler:
     def _schedule_swap_ins(self, out: SchedulerOutput, budget: int) -> int:
         """Phase 3: swapped-out sequences come back, FCFS, before anything new is
         admitted. Returns the budget left."""
-        config = self.config
         kv = self.kv
         swapped = self.swapped
-        while swapped and budget > 0:
-            seq = swapped[0][1]
-            if not self._fits(seq):
-                heapq.heappop(swapped)
-                kv.free_host(seq)
-                self._too_large(seq)
-                continue
-            if len(self.running) + self.num_reserved + self._seats(seq) > config.max_num_seqs:
+        while budget > 0:
+            seq = self._fitting_head(swapped)
+            if seq is None or not self._has_seat(seq):
                 break
-            num_new = len(seq.token_ids) - seq.num_computed_tokens
-            if config.enable_chunked_prefill:
-                num_new = min(num_new, budget)
-            elif num_new > budget:
-                break
-            reserve = config.watermark_blocks if self.running else 0
-            if kv.num_free_blocks - kv.swap_in_cost(seq, num_new) < reserve:
+            num_new = self._chunk(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            if not num_new or kv.num_free_blocks - kv.swap_in_cost(seq, num_new) < self._reserve():
                 break
             heapq.heappop(swapped)
             kv.swap_in(seq, out.blocks_to_swap_in)
@@ -282,30 +265,49 @@ class Scheduler:
 
     def _schedule_admissions(self, out: SchedulerOutput, budget: int) -> None:
         """Phase 4: waiting sequences, strictly FCFS (the head blocks those behind it)."""
-        config = self.config
         kv = self.kv
         waiting = self.waiting
-        while waiting and budget > 0:
-            seq = waiting[0][1]
-            if not self._fits(seq):
-                heapq.heappop(waiting)
-                self._too_large(seq)
-                continue
-            if len(self.running) + self.num_reserved + self._seats(seq) > config.max_num_seqs:
+        while budget > 0:
+            seq = self._fitting_head(waiting)
+            if seq is None or not self._has_seat(seq):
                 break
             cached = kv.cached_prefix(seq)
-            num_new = len(seq.token_ids) - len(cached) * kv.block_size
-            if config.enable_chunked_prefill:
-                num_new = min(num_new, budget)
-            elif num_new > budget:
-                break
-            reserve = config.watermark_blocks if self.running else 0
-            if not kv.admit(seq, cached, num_new, reserve):
+            num_new = self._chunk(len(seq.token_ids) - len(cached) * kv.block_size, budget)
+            if not num_new or not kv.admit(seq, cached, num_new, self._reserve()):
                 break
             heapq.heappop(waiting)
             self._start_running(seq)
             self._emit(out, seq, num_new)
             budget -= num_new
+
+    def _fitting_head(self, queue: list[_Entry]) -> Sequence | None:
+        """The head of the waiting or swapped queue, once the heads that can never fit
+        in the cache are finished; None when the queue runs out."""
+        while queue:
+            seq = queue[0][1]
+            if self._fits(seq):
+                return seq
+            heapq.heappop(queue)
+            if seq.status is SeqStatus.SWAPPED:
+                self.kv.free_host(seq)
+            self._too_large(seq)
+        return None
+
+    def _has_seat(self, seq: Sequence) -> bool:
+        """Whether ``seq`` (with the samples it will fork into) fits in ``max_num_seqs``."""
+        return len(self.running) + self.num_reserved + self._seats(seq) <= self.config.max_num_seqs
+
+    def _chunk(self, num_left: int, budget: int) -> int:
+        """How many of a sequence's ``num_left`` uncomputed tokens this step computes:
+        at most ``budget`` with chunked prefill, else all of them or (0) none."""
+        if self.config.enable_chunked_prefill:
+            return min(num_left, budget)
+        return num_left if num_left <= budget else 0
+
+    def _reserve(self) -> int:
+        """Blocks that starting a sequence must leave free: the watermark, unless
+        nothing runs (then nothing could be preempted to make room anyway)."""
+        return self.config.watermark_blocks if self.running else 0
 
     def _start_running(self, seq: Sequence) -> None:
         if seq.fork_pending:
