@@ -156,7 +156,7 @@ def test_copy_on_write_emits_a_copy_of_the_shared_last_block() -> None:
     assert child.block_table[0] == parent.block_table[0]
     assert child.block_table[1] != shared_last
     assert kv.pool.ref_counts[shared_last] == 1
-    kv.release_pinned()
+    kv.release_held()
     copies.clear()
     assert kv.append_slots(parent, 1, copies)
     assert copies == [] and parent.block_table[1] == shared_last

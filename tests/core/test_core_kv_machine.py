@@ -98,7 +98,7 @@ class KVCacheMachine(RuleBasedStateMachine):
         else:
             assert copies == []
             seq.token_ids.pop()
-        self.kv.release_pinned()
+        self.kv.release_held()
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())

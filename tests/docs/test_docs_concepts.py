@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from doc_blocks import Block, blocks
+
+from tests.docs.doc_blocks import Block, blocks
 
 PAGE = "concepts.md"
 RUNNABLE = ("python", "console", "bash", "sh", "shell")

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from doc_blocks import Block, blocks, tagged
 
 import corral
 from corral.default_model import default_model_path
+from tests.docs.doc_blocks import Block, blocks, tagged
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = tagged("quickstart.md")

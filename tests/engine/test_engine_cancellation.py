@@ -6,10 +6,10 @@ import gc
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, fake_core, greedy
 
 from corral.engine import open_engine_from_core
 from corral.testing import wait_idle
+from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
 pytestmark = pytest.mark.anyio
 

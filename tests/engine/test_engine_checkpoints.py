@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
-from engine_helpers import TIMEOUT, fake_core, greedy
 
 from corral.engine import AsyncEngine, open_engine_from_core
 from corral.testing import wait_idle
+from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,8 @@ from types import ModuleType
 
 import pytest
 import trio
-from engine_helpers import build_tiny_model
+
+from tests.engine.engine_helpers import build_tiny_model
 
 EXAMPLES = Path(__file__).parents[2] / "docs" / "examples"
 

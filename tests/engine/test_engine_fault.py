@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, fake_core, greedy
 
 from corral.engine import open_engine_from_core
 from corral.errors import EngineDeadError
 from corral.testing import FakeModelError
+from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import anyio
 import attrs
 import pytest
-from engine_helpers import TIMEOUT, completions, fake_core, run_alone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from corral.engine import AsyncEngine, RequestStream, open_engine_from_core
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.testing import sampling_params, wait_idle
+from tests.engine.engine_helpers import TIMEOUT, completions, fake_core, run_alone
 
 BEHAVIOURS = ("consume", "slow", "cancel", "abort", "break", "leave")
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, fake_core, greedy
 
 import corral._compose
 from corral.config import AsyncEngineArgs
 from corral.engine import open_engine, open_engine_from_core
+from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
 pytestmark = pytest.mark.anyio
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import transformers
-from engine_helpers import build_tiny_model
 
 from corral.async_llm_engine import AsyncLLMEngine
 from corral.config import AsyncEngineArgs
@@ -17,13 +14,8 @@ from corral.engine import open_engine
 from corral.llm import LLM
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
-
-_spec = importlib.util.spec_from_file_location(
-    "corral_test_parity", Path(__file__).parents[1] / "model" / "parity.py"
-)
-assert _spec is not None and _spec.loader is not None
-parity = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(parity)
+from corral.testing import compare_with_logprobs
+from tests.engine.engine_helpers import build_tiny_model
 
 ENGINE_ARGS: dict[str, Any] = {
     "dtype": "float32",
@@ -55,7 +47,7 @@ def offline(model_dir: str) -> list[RequestOutput]:
 
 def assert_same_as_offline(got: RequestOutput, want: RequestOutput) -> None:
     expected, actual = want.outputs[0], got.outputs[0]
-    agreed = parity.compare_with_logprobs(
+    agreed = compare_with_logprobs(
         expected.token_ids, actual.token_ids, expected.logprobs, context=want.prompt
     )
     if agreed == len(expected.token_ids):

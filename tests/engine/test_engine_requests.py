@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, completions, fake_core, greedy, run_alone
 
 from corral.engine import EngineClosedError, open_engine_from_core
 from corral.errors import NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.testing import wait_idle
+from tests.engine.engine_helpers import TIMEOUT, completions, fake_core, greedy, run_alone
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from zoo import ModelZoo
+
+from tests.model.zoo import ModelZoo
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,11 @@ import logging
 
 import pytest
 import torch
-from zoo import ModelZoo
 
 from corral._compose import build_engine_core
 from corral.config import EngineArgs
 from corral.model.factory import resolve_device
+from tests.model.zoo import ModelZoo
 
 MODEL = "qwen2"
 

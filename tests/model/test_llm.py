@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from zoo import ModelZoo
 
 from corral.sampling_params import SamplingParams
+from tests.model.zoo import ModelZoo
 
 MODEL = "qwen2"
 

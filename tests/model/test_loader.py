@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from zoo import ModelZoo
 
 from corral.model.loader import load_model
+from tests.model.zoo import ModelZoo
 
 
 def hf_weights(zoo: ModelZoo, name: str) -> dict[str, torch.Tensor]:

@@ -11,11 +11,11 @@ import random
 from typing import Any
 
 import pytest
-from parity import compare_with_logprobs
-from zoo import ModelZoo
 
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
+from corral.testing import compare_with_logprobs
+from tests.model.zoo import ModelZoo
 
 MODEL = "llama"
 WINDOWED = "mistral"

@@ -8,10 +8,10 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from parity import compare_tokens
-from zoo import MODEL_SPECS, ModelZoo
 
 from corral.sampling_params import SamplingParams
+from corral.testing import compare_tokens
+from tests.model.zoo import MODEL_SPECS, ModelZoo
 
 PROMPT_LENGTHS = (1, 23, 150, 300)
 NEW_TOKENS = 64

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from zoo import CORPUS, ModelZoo
 
 from corral.sampling_params import SamplingParams
 from corral.tokenization import Detokenizer, encode_prompt, load_tokenizer, validate_prompt
+from tests.model.zoo import CORPUS, ModelZoo
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paged_cases import DTYPES, HEAD_SIZES, TOLERANCES, BatchSpec, batch_specs, make_batch
+
+from tests.ops.paged_cases import DTYPES, HEAD_SIZES, TOLERANCES, BatchSpec, batch_specs, make_batch
 
 pytestmark = [
     pytest.mark.cuda,

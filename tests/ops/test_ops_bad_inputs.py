@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from paged_cases import DEVICES, BatchSpec, PagedBatch, make_batch
 
 from corral import ops
+from tests.ops.paged_cases import DEVICES, BatchSpec, PagedBatch, make_batch
 
 SPEC = BatchSpec(
     seq_lens=(20, 33),

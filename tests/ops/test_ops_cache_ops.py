@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paged_cases import BLOCK_SIZES, DEVICES, DTYPES, HEAD_SIZES
 
 from corral import ops
 from corral.ops import reference
+from tests.ops.paged_cases import BLOCK_SIZES, DEVICES, DTYPES, HEAD_SIZES
 
 small_caches = st.fixed_dictionaries(
     {

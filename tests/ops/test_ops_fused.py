@@ -9,10 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paged_cases import DEVICES, DTYPES, TOLERANCES
 
 from corral import ops
 from corral.ops import reference
+from tests.ops.paged_cases import DEVICES, DTYPES, TOLERANCES
 
 # One storage rounding apart at most: float32 math that sums in another order
 # can land on the other side of a bfloat16 / float16 rounding boundary.

@@ -7,10 +7,17 @@ from collections.abc import Iterator
 import pytest
 import torch
 from hypothesis import example, given, settings
-from paged_cases import DEVICES, TOLERANCES, BatchSpec, batch_specs, make_batch, one_thread
 
 from corral import ops
 from corral.ops import reference
+from tests.ops.paged_cases import (
+    DEVICES,
+    TOLERANCES,
+    BatchSpec,
+    batch_specs,
+    make_batch,
+    one_thread,
+)
 
 
 def check_against_reference(spec: BatchSpec, device: str) -> None:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_helpers import ServerProcess, build_tiny_model
+
+from tests.server.server_helpers import ServerProcess, build_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from server_helpers import MAX_MODEL_LEN, SERVED_NAME, open_app
 from transformers import AutoTokenizer
 
 from corral.engine import open_engine_from_core
@@ -20,6 +19,7 @@ from corral.entrypoints.errors import APIError
 from corral.entrypoints.openai_server import build_app, make_context
 from corral.sampling_params import SamplingParams
 from corral.testing import FakeModelError, FakeModelRunner, make_fake_core, wait_idle
+from tests.server.server_helpers import MAX_MODEL_LEN, SERVED_NAME, open_app
 
 pytestmark = pytest.mark.anyio
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from server_helpers import SERVED_NAME, ServerProcess
 
 from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
+from tests.server.server_helpers import SERVED_NAME, ServerProcess
 
 JSON_SCALARS = (
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
@@ -136,6 +136,18 @@ def check(http: httpx2.Client, path: str, body: dict[str, Any]) -> None:
         assert response.json()["choices"]
 
 
+def fuzz(http: httpx2.Client, max_examples: int) -> None:
+    """Send ``max_examples`` drawn completion bodies and as many chat bodies."""
+
+    @settings(max_examples=max_examples)
+    @given(completion=bodies(COMPLETION), chat=bodies(CHAT))
+    def send(completion: dict[str, Any], chat: dict[str, Any]) -> None:
+        check(http, "/v1/completions", completion)
+        check(http, "/v1/chat/completions", chat)
+
+    send()
+
+
 @settings(max_examples=60)
 @given(body=bodies(COMPLETION))
 def test_fuzzed_completion_bodies_never_fail_the_server(
@@ -153,6 +165,8 @@ def test_fuzzed_chat_bodies_never_fail_the_server(
 
 
 def test_engine_is_alive_after_fuzzing(http: httpx2.Client) -> None:
+    # Fuzzes on its own, so that it holds whatever ran before it (or did not).
+    fuzz(http, max_examples=20)
     assert http.get("/health").status_code == 200
     response = http.post("/v1/completions", json={"prompt": "ok", "max_tokens": 2})
     assert response.status_code == 200

@@ -7,7 +7,8 @@ import re
 import anyio
 import httpx2
 import pytest
-from server_helpers import SERVED_NAME, ServerProcess
+
+from tests.server.server_helpers import SERVED_NAME, ServerProcess
 
 pytestmark = [
     pytest.mark.anyio,

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from server_helpers import SERVED_NAME, ServerProcess
+
+from tests.server.server_helpers import SERVED_NAME, ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from pathlib import Path
 from threading import Barrier
 
 import httpx2
-from server_helpers import ServerProcess
+
+from tests.server.server_helpers import ServerProcess
 
 Payloads = list[tuple[float, str]]
 

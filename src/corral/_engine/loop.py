@@ -129,7 +129,7 @@ class EngineLoop:
         """Register a request; atomic (no checkpoint), so a cancellation either
         finds it fully registered or not at all."""
         self.live[state.request_id] = state
-        self._push(True, state)
+        self._push_add(state)
 
     def abort(self, request_id: str) -> None:
         """End a live request with a final "abort" output; unknown ids are ignored."""
@@ -140,7 +140,7 @@ class EngineLoop:
         self._forget(state)
         state.end(output)
         self._on_finished(state, None)
-        self._push(False, state)
+        self._push_abort(state)
 
     def cancel(self, state: RequestState) -> None:
         """Abort a request whose consumer has gone away (nothing more is delivered)."""
@@ -149,7 +149,7 @@ class EngineLoop:
         self._forget(state)
         state.end()
         self._on_finished(state, None)
-        self._push(False, state)
+        self._push_abort(state)
 
     def orphan(self, state: RequestState) -> None:
         """`cancel`, deferred to the loop; safe from a finalizer in any thread."""
@@ -203,8 +203,14 @@ class EngineLoop:
                 error.__cause__ = cause
                 state.end(error=error)
 
-    def _push(self, is_add: bool, state: RequestState) -> None:
-        self._inbox.append((is_add, state))
+    def _push_add(self, state: RequestState) -> None:
+        self._push((True, state))
+
+    def _push_abort(self, state: RequestState) -> None:
+        self._push((False, state))
+
+    def _push(self, command: tuple[bool, RequestState]) -> None:
+        self._inbox.append(command)
         if self._wake is not None:
             self._wake.set()
 

@@ -137,12 +137,7 @@ class BlockPool:
         return dict(self._cached)
 
     def is_free(self, block: int) -> bool:
-        return (
-            block in self._free
-            or block in self._sticky
-            or block in self._held_free
-            or block in self._held_free
-        )
+        return block in self._free or block in self._sticky or block in self._held_free
 
 
 class HostPool:

@@ -117,7 +117,7 @@ class KVCacheManager:
             block_table.append(pool.allocate())
         return True
 
-    def release_pinned(self) -> None:
+    def release_held(self) -> None:
         """End the step's holds on copy-on-write sources; call once per scheduled step."""
         self.pool.release_held()
 

@@ -1,14 +1,16 @@
-"""The one comparison of corral's tokens with a reference, tolerant only at near-ties.
+"""The one comparison of greedy tokens with a reference, tolerant only at near-ties.
 
 torch's CPU matmul is not batch-invariant (the same row differs in the last bits by
 batch size and position), so two correct runs may choose different tokens where the
-two best candidates are practically tied. `compare_tokens` accepts a divergence only
-at such a near-tie and stops comparing there; any other divergence fails.
+two best candidates are practically tied. `compare_tokens` (against a reference's
+logits) and `compare_with_logprobs` (against a first corral run's top logprobs)
+accept a divergence only at such a near-tie and stop comparing there; any other
+divergence fails. Needs torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -49,22 +51,17 @@ def compare_tokens(
             when they agree but have different lengths without a near-tie (one run
             stopped early).
     """
-    for step, (want, got) in enumerate(zip(expected, actual, strict=False)):
-        if want == got:
-            continue
+
+    def judge(step: int, want: int, got: int) -> str | None:
         if is_near_tie(reference_logits[step], want, got):
-            return step
+            return None
         logprobs = reference_logits[step].double().log_softmax(-1)
-        raise AssertionError(
-            f"{context}: token {step} differs: expected {want} (logprob "
-            f"{float(logprobs[want]):.6f}), got {got} (logprob {float(logprobs[got]):.6f}); "
-            f"expected {list(expected)}, got {list(actual)}"
+        return (
+            f"expected {want} (logprob {float(logprobs[want]):.6f}), "
+            f"got {got} (logprob {float(logprobs[got]):.6f})"
         )
-    if len(expected) != len(actual):
-        raise AssertionError(
-            f"{context}: lengths differ ({len(expected)} vs {len(actual)}) with equal prefixes"
-        )
-    return len(expected)
+
+    return _agreeing_prefix(expected, actual, judge, context)
 
 
 def compare_with_logprobs(
@@ -84,15 +81,33 @@ def compare_with_logprobs(
     Raises:
         AssertionError: at any other divergence, or on different lengths.
     """
+
+    def judge(step: int, want: int, got: int) -> str | None:
+        top = expected_logprobs[step]
+        if got in top and abs(top[want] - top[got]) <= NEAR_TIE:
+            return None
+        return f"expected {want}, got {got}; first run's logprobs there: {top}"
+
+    return _agreeing_prefix(expected, actual, judge, context)
+
+
+def _agreeing_prefix(
+    expected: Sequence[int],
+    actual: Sequence[int],
+    judge: Callable[[int, int, int], str | None],
+    context: str,
+) -> int:
+    """The walk both comparisons share. ``judge(step, want, got)`` returns None for a
+    near-tie, else what to say about the divergence."""
     for step, (want, got) in enumerate(zip(expected, actual, strict=False)):
         if want == got:
             continue
-        top = expected_logprobs[step]
-        if got in top and abs(top[want] - top[got]) <= NEAR_TIE:
+        problem = judge(step, want, got)
+        if problem is None:
             return step
         raise AssertionError(
-            f"{context}: token {step} differs: expected {want}, got {got}; "
-            f"first run's logprobs there: {top}; expected {list(expected)}, got {list(actual)}"
+            f"{context}: token {step} differs: {problem}; "
+            f"expected {list(expected)}, got {list(actual)}"
         )
     if len(expected) != len(actual):
         raise AssertionError(
