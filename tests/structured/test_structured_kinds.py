@@ -190,3 +190,22 @@ def test_bounded_strings_exclude_control_characters(llm: LLM) -> None:
     compiled = llm.engine_core.runner.structured_outputs.compile(spec)
     assert not xgrammar.GrammarMatcher(compiled).accept_string('"a\x1b')
     assert xgrammar.GrammarMatcher(compiled).accept_string('"ab"')
+
+
+def test_a_grammar_the_vocabulary_cannot_begin_is_a_value_error() -> None:
+    import transformers
+    from tokenizers import Tokenizer, models
+
+    from corral.model.structured import StructuredOutputs
+
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2} | {f"w{i}": i for i in range(3, 40)}
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    structured_outputs = StructuredOutputs(tokenizer, 40, [1])
+    with pytest.raises(ValueError, match="no token of this model's vocabulary"):
+        structured_outputs.compile(StructuredOutputsParams(json_object=True))
+    assert structured_outputs.compile(StructuredOutputsParams(regex="w1[0-9]")) is not None

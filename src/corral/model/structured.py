@@ -13,6 +13,7 @@ step (finished, aborted or preempted). The core never sees any of it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -26,6 +27,8 @@ from corral.core.interface import SchedulerOutput
 from corral.errors import NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.structured_outputs import StructuredOutputsParams
+
+logger = logging.getLogger(__name__)
 
 # JSON schema keywords that xgrammar ignores (and allOf with several entries, which it
 # does not intersect); accepting them would let outputs that violate the schema
@@ -141,6 +144,7 @@ class StructuredOutputs:
                 return compiled
             compiler = self._get_compiler()
         compiled = self._compile(compiler, spec.kind, key[1], spec)
+        self._check_startable(compiled, spec.kind)
         with self._lock:
             self._cache[key] = compiled
             if len(self._cache) > _CACHE_SIZE:
@@ -181,6 +185,17 @@ class StructuredOutputs:
             message = _XGRAMMAR_PREFIX.sub("", str(exc).strip())
             raise ValueError(f"{field}: {message}") from exc
 
+    def _check_startable(self, compiled: Any, kind: str) -> None:
+        import xgrammar
+
+        bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
+        xgrammar.GrammarMatcher(compiled).fill_next_token_bitmask(bitmask, 0)
+        if not bool(bitmask.any()):
+            raise ValueError(
+                f"structured_outputs.{kind}: no token of this model's vocabulary can begin "
+                "an output of this grammar"
+            )
+
     def apply(self, logits: torch.Tensor, scheduler_output: SchedulerOutput) -> None:
         """Mask, in place, the sampling rows of ``logits`` whose request is structured.
 
@@ -205,6 +220,17 @@ class StructuredOutputs:
         bitmask = xgrammar.allocate_token_bitmask(len(rows), self.vocab_size)
         for index, (_, seq) in enumerate(rows):
             self._matcher(seq).fill_next_token_bitmask(bitmask, index)
+        dead = (bitmask == 0).all(dim=1)
+        if bool(dead.any()):
+            # The vocabulary cannot continue the grammar here (a tokenizer lacking some
+            # characters): end the output rather than sample from nothing.
+            for index in dead.nonzero().flatten().tolist():
+                logger.warning(
+                    "request %r: no token can continue its grammar; ending its output",
+                    rows[index][1].request_id,
+                )
+                for eos in self.eos_token_ids:
+                    bitmask[index, eos // 32] |= 1 << (eos % 32)
         width = logits.shape[1]
         shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
         allowed = (bitmask.to(logits.device).unsqueeze(-1) >> shifts) & 1
