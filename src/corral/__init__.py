@@ -34,6 +34,7 @@ from corral.outputs import RequestMetrics as RequestMetrics
 from corral.outputs import RequestOutput as RequestOutput
 from corral.sampling_params import SamplingParams as SamplingParams
 from corral.stats import EngineStats as EngineStats
+from corral.structured_outputs import StructuredOutputsParams as StructuredOutputsParams
 
 if TYPE_CHECKING:
     from corral.async_llm_engine import AsyncLLMEngine as AsyncLLMEngine
@@ -72,6 +73,7 @@ __all__ = [
     "RequestOutput",
     "RequestStream",
     "SamplingParams",
+    "StructuredOutputsParams",
     "open_engine",
     "open_engine_from_core",
 ]

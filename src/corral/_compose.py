@@ -18,6 +18,7 @@ from corral.model.kv_cache import PagedKVCache, blocks_for_memory
 from corral.model.loader import load_model, resolve_model_path
 from corral.model.runner import TorchModelRunner
 from corral.model.sampler import Sampler
+from corral.model.structured import StructuredOutputs
 from corral.tokenization import Detokenizer, load_tokenizer
 
 
@@ -62,7 +63,8 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
     )
     kv_cache = PagedKVCache(model_config, args.block_size, num_blocks, num_host_blocks, device)
     sampler = Sampler(eos_token_ids, args.seed, device)
-    runner = TorchModelRunner(model, model_config, kv_cache, sampler)
+    structured_outputs = StructuredOutputs(tokenizer, model_config.vocab_size, eos_token_ids)
+    runner = TorchModelRunner(model, model_config, kv_cache, sampler, structured_outputs)
     core = EngineCore(
         core_config, runner, eos_token_ids=eos_token_ids, detokenizer=Detokenizer(tokenizer)
     )

@@ -79,6 +79,8 @@ class AsyncEngine:
             core, on_finished=request_logger.finished, on_step=stats_logger.after_step
         )
         self._state = "new"
+        # The engine's task group: runs grammar compilations for `generate`.
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
     def is_running(self) -> bool:
@@ -147,9 +149,48 @@ class AsyncEngine:
         state = RequestState(
             request_id, prompt, token_ids, sampling_params, prefix_pos, time.time()
         )
-        self._loop.submit(state)
+        structured = sampling_params.structured_outputs
+        if structured is not None and structured.compiled is None:
+            # The id is taken now; the request reaches the loop once its grammar is
+            # compiled in a worker thread (an abort meanwhile just ends the state).
+            self._loop.live[request_id] = state
+            assert self._task_group is not None  # set while running
+            self._task_group.start_soon(self._compile_then_submit, state)
+        else:
+            self._loop.submit(state)
         self._request_logger.received(state)
         return RequestStream(state, self._loop.cancel, self._loop.orphan)
+
+    async def prepare_sampling_params(self, sampling_params: SamplingParams) -> SamplingParams:
+        """Compile ``sampling_params``' structured outputs in a worker thread.
+
+        `generate` does this itself, reporting a bad grammar through the stream; calling
+        this first surfaces the error here instead (the server answers 400 with it) and
+        makes `generate` admit the request at once.
+
+        Raises:
+            ValueError: the schema, regex or grammar does not compile (field named).
+            NotSupportedError: the engine's runner has no structured outputs.
+        """
+        if sampling_params.structured_outputs is None:
+            return sampling_params
+        from corral.model.structured import bind_structured_outputs
+
+        return await anyio.to_thread.run_sync(
+            bind_structured_outputs, self._core.runner, sampling_params
+        )
+
+    async def _compile_then_submit(self, state: RequestState) -> None:
+        try:
+            params = await self.prepare_sampling_params(state.params)
+        except (ValueError, NotSupportedError) as exc:
+            if not state.done:
+                self._loop.live.pop(state.request_id, None)
+                state.end(error=exc)
+            return
+        if not state.done and not self._loop.stopping:
+            state.params = params
+            self._loop.submit(state)
 
     async def abort(self, request_id: str) -> None:
         """Abort a request; a no-op for unknown or already finished ids.
@@ -285,6 +326,7 @@ async def open_engine_from_core(
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(loop.run)
+            engine._task_group = tg
             engine._state = "running"
             try:
                 # Re-raised below, outside the task group, so that it is not wrapped

@@ -60,11 +60,14 @@ class LLM:
             ValueError: before any request starts, when the inputs disagree in length or
                 a request can never be served (an empty prompt, out-of-vocabulary ids,
                 longer than max_model_len or the KV cache, ``best_of`` above
-                ``max_num_seqs``; see `corral.core.validation.validate_request`).
+                ``max_num_seqs``; see `corral.core.validation.validate_request`), or a
+                structured output's schema, regex or grammar does not compile.
         """
         texts, id_lists = _normalize_prompts(prompts, prompt_token_ids)
         num_requests = len(texts) if texts is not None else len(id_lists or [])
         params = _normalize_params(sampling_params, num_requests)
+        if any(p.structured_outputs is not None for p in params):
+            params = self._bind_structured_outputs(params)
         encoded = [
             encode_prompt(
                 self.tokenizer,
@@ -89,6 +92,13 @@ class LLM:
             prompt_text = texts[i] if texts is not None else None
             self.engine_core.add_request(request_id, ids, params[i], prompt=prompt_text)
         return self._run(order, use_tqdm)
+
+    def _bind_structured_outputs(self, params: list[SamplingParams]) -> list[SamplingParams]:
+        # Before any request is added: a grammar that does not compile leaves nothing
+        # half-submitted. Equal constraints compile once (the compiler caches them).
+        from corral.model.structured import bind_structured_outputs
+
+        return [bind_structured_outputs(self.engine_core.runner, p) for p in params]
 
     def _run(self, order: dict[str, int], use_tqdm: bool) -> list[RequestOutput]:
         results: list[RequestOutput | None] = [None] * len(order)

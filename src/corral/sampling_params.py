@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from corral.errors import NotSupportedError
+from corral.structured_outputs import StructuredOutputsParams
 
 LogitsProcessor = Callable[[list[int], Any], Any]
 """``(output_token_ids, logits) -> logits``: called on a sequence's next-token logits
@@ -80,6 +81,9 @@ class SamplingParams:
         spaces_between_special_tokens: Put spaces around special tokens in the text.
         logits_processors: Callables ``(output_token_ids, logits) -> logits`` applied in
             order before sampling.
+        structured_outputs: Constrains the output to a JSON schema, regex, choice or
+            grammar (see `StructuredOutputsParams`); cannot be combined with
+            ``ignore_eos`` or ``min_tokens``, since the grammar decides where it ends.
     """
 
     n: int = 1
@@ -107,6 +111,7 @@ class SamplingParams:
     logits_processors: tuple[LogitsProcessor, ...] = attrs.field(
         default=(), converter=_to_proc_tuple
     )
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.best_of is None:
@@ -164,3 +169,17 @@ class SamplingParams:
             raise _bad("stop_token_ids", "non-negative token ids", self.stop_token_ids)
         if not all(callable(p) for p in self.logits_processors):
             raise _bad("logits_processors", "callables", self.logits_processors)
+        self._verify_structured_outputs()
+
+    def _verify_structured_outputs(self) -> None:
+        structured = self.structured_outputs
+        if structured is None:
+            return
+        if not isinstance(structured, StructuredOutputsParams):
+            raise _bad("structured_outputs", "a StructuredOutputsParams or None", structured)
+        # The grammar allows the end-of-sequence token exactly when the output is
+        # complete; either option would fight it.
+        if self.ignore_eos:
+            raise _bad("ignore_eos", "False with structured_outputs", self.ignore_eos)
+        if self.min_tokens:
+            raise _bad("min_tokens", "0 with structured_outputs", self.min_tokens)

@@ -59,6 +59,20 @@ SAMPLING = {
     "include_stop_str_in_output": wild(st.booleans()),
     "skip_special_tokens": wild(st.booleans()),
     "spaces_between_special_tokens": wild(st.booleans()),
+    "response_format": wild(
+        st.sampled_from(
+            [
+                {"type": "text"},
+                {"type": "json_object"},
+                {"type": "json_schema", "json_schema": {"name": "n", "schema": {"enum": [1, 2]}}},
+                {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "x"}}},
+            ]
+        )
+    ),
+    "guided_json": wild(st.sampled_from([{"type": "boolean"}, '{"const": "a"}', "{bad"])),
+    "guided_regex": wild(st.sampled_from(["[ab]{1,3}", "(", ""])),
+    "guided_choice": wild(st.lists(st.text(max_size=3), max_size=3)),
+    "guided_grammar": wild(st.sampled_from(['root ::= "x" | "y"', "root ::= ("])),
 }
 COMPLETION = {
     **SAMPLING,
@@ -85,7 +99,6 @@ CHAT = {
     "add_generation_prompt": wild(st.booleans()),
     "tools": wild(st.just([])),
     "tool_choice": wild(st.sampled_from(["none", "auto"])),
-    "response_format": wild(st.sampled_from([{"type": "text"}, {"type": "json_object"}])),
 }
 
 

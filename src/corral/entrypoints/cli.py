@@ -38,6 +38,7 @@ from corral.sampling_params import SamplingParams
 # that have no command-line form; ``seed`` is the engine's option of the same name.
 _GENERATE_SKIP = (
     "n", "best_of", "use_beam_search", "logprobs", "prompt_logprobs", "logits_processors", "seed",
+    "structured_outputs",
 )  # fmt: skip
 # Engine fields that accept only their default today (anything else raises "not
 # supported"): offering them as flags would promise what corral does not do.

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.sampling_params import SamplingParams
+from corral.structured_outputs import StructuredOutputsParams
 
 MAX_LOGPROBS = 20
 """Most alternatives per token a request may ask for (vLLM's default ``max_logprobs``)."""
@@ -38,6 +39,32 @@ class StreamOptions(_Strict):
     """``stream_options``: with ``include_usage`` a last chunk carries the usage."""
 
     include_usage: bool = False
+
+
+class JsonSchemaFormat(_Strict):
+    """``response_format.json_schema``: a named schema (``strict`` is always honoured:
+    the output is generated under the schema's grammar)."""
+
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """``response_format``: plain text, any JSON object, or JSON under a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_format(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format: json_schema is given exactly with type json_schema")
+        return self
+
+
+_GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
 class _SamplingRequest(_Strict):
@@ -66,9 +93,20 @@ class _SamplingRequest(_Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM's older structured-output fields.
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @model_validator(mode="after")
     def _check_shared(self) -> _SamplingRequest:
+        given = [f for f in _GUIDED_FIELDS if getattr(self, f) is not None]
+        if self.response_format is not None and self.response_format.type != "text":
+            given.insert(0, "response_format")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: only one of {', '.join(given)} may be given")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
         if self.logit_bias:
@@ -76,6 +114,34 @@ class _SamplingRequest(_Strict):
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise ValueError("seed: must fit in 64 bits")
         return self
+
+    @property
+    def structured_field(self) -> str | None:
+        """The request field that asks for structured output, if any."""
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format"
+        return next((f for f in _GUIDED_FIELDS if getattr(self, f) is not None), None)
+
+    def structured_outputs(self) -> StructuredOutputsParams | None:
+        """The structured-output constraint the request asks for, None when none.
+
+        Raises:
+            ValueError: a malformed constraint, the request field named first.
+        """
+        field = self.structured_field
+        if field is None:
+            return None
+        try:
+            if field == "response_format":
+                response_format = self.response_format
+                assert response_format is not None
+                if response_format.json_schema is None:
+                    return StructuredOutputsParams(json_object=True)
+                return StructuredOutputsParams(json=response_format.json_schema.schema_)
+            kind = field.removeprefix("guided_")
+            return StructuredOutputsParams(**{kind: getattr(self, field)})
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from exc
 
     @property
     def include_usage(self) -> bool:
@@ -126,6 +192,7 @@ class _SamplingRequest(_Strict):
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
+            structured_outputs=self.structured_outputs(),
         )
 
 
@@ -210,7 +277,6 @@ class ChatCompletionRequest(_SamplingRequest):
     add_generation_prompt: bool = True
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
@@ -220,8 +286,6 @@ class ChatCompletionRequest(_SamplingRequest):
             raise NotImplementedField("tools", "tool calling")
         if self.tool_choice not in (None, "none"):
             raise NotImplementedField("tool_choice", "tool calling")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise NotImplementedField("response_format", "structured output")
         return self
 
     @property

@@ -126,6 +126,19 @@ class ServingContext:
             )
         return room if requested is None else requested
 
+    async def compile_structured_outputs(
+        self, params: SamplingParams, field: str | None
+    ) -> SamplingParams:
+        """Compile ``params``' structured outputs (in a worker thread) before the request
+        is submitted, so that a bad schema is a 400 naming ``field`` even when the
+        response would stream."""
+        if params.structured_outputs is None:
+            return params
+        try:
+            return await self.engine.prepare_sampling_params(params)
+        except ValueError as exc:
+            raise APIError(400, f"{field}: {exc}", field) from exc
+
     def submit(
         self,
         request_id: str,

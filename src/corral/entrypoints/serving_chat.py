@@ -104,6 +104,7 @@ async def create_chat_completion(
     """Answer a chat completion request (see the module docstring)."""
     model = ctx.begin(request)
     text, token_ids, params = _prepare(ctx, request)
+    params = await ctx.compile_structured_outputs(params, request.structured_field)
     request_id = random_id("chatcmpl")
     created = int(time.time())
     stream = ctx.submit(request_id, token_ids, params, prompt=text)

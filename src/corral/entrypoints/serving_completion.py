@@ -138,6 +138,12 @@ async def create_completion(
     """Answer a completion request (see the module docstring)."""
     model = ctx.begin(request)
     prompts = _prepare(ctx, request)
+    if prompts and prompts[0].params.structured_outputs is not None:
+        # Every prompt shares the request's constraint: compile it once.
+        first = await ctx.compile_structured_outputs(prompts[0].params, request.structured_field)
+        compiled = first.structured_outputs
+        for q in prompts:
+            q.params = attrs.evolve(q.params, structured_outputs=compiled)
     request_id = random_id("cmpl")
     created = int(time.time())
     streams = ctx.submit_all(

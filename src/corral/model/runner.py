@@ -10,6 +10,7 @@ from corral.model.batch import ModelInput, prepare_input
 from corral.model.config import ModelConfig
 from corral.model.kv_cache import PagedKVCache
 from corral.model.sampler import Sampler, top_logprobs
+from corral.model.structured import StructuredOutputs
 
 
 class TorchModelRunner:
@@ -23,6 +24,8 @@ class TorchModelRunner:
         model_config: The model's facts.
         kv_cache: The cache the model reads and writes.
         sampler: Chooses the tokens.
+        structured_outputs: Compiles grammars and masks the logits of structured
+            requests; None for a runner that refuses them.
     """
 
     def __init__(
@@ -31,11 +34,13 @@ class TorchModelRunner:
         model_config: ModelConfig,
         kv_cache: PagedKVCache,
         sampler: Sampler,
+        structured_outputs: StructuredOutputs | None = None,
     ) -> None:
         self.model = model
         self.model_config = model_config
         self.kv_cache = kv_cache
         self.sampler = sampler
+        self.structured_outputs = structured_outputs
         self.device = kv_cache.layers[0][0].device
 
     @torch.inference_mode()
@@ -62,6 +67,8 @@ class TorchModelRunner:
         num_sampled = len(model_input.sample_indices)
         output = ModelRunnerOutput()
         if num_sampled:
+            if self.structured_outputs is not None:
+                self.structured_outputs.apply(logits[:num_sampled], scheduler_output)
             sampled = self.sampler(logits[:num_sampled], model_input.sample_rows)
             output.sampled_token_ids = sampled.token_ids
             output.sampled_logprobs = sampled.logprobs
