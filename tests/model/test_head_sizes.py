@@ -29,6 +29,7 @@ def write_llama_config(folder: Path, head_dim: int) -> Path:
         num_key_value_heads=1,
         head_dim=head_dim,
         max_position_embeddings=64,
+        architectures=["LlamaForCausalLM"],
     )
     config.save_pretrained(folder)
     return folder
@@ -85,3 +86,11 @@ def test_load_refuses_a_head_size_the_cpu_kernels_cannot_run(tmp_path: Path) -> 
     folder = write_llama_config(tmp_path, head_dim=24)
     with pytest.raises(ValueError, match="heads of size 24, but corral's cpu attention kernels"):
         load_model(str(folder), load_format="dummy", device="cpu")
+
+
+def test_llm_construction_fails_with_the_head_size_error(tmp_path: Path) -> None:
+    from corral.llm import LLM
+
+    folder = write_llama_config(tmp_path, head_dim=24)
+    with pytest.raises(ValueError, match="heads of size 24"):
+        LLM(str(folder), load_format="dummy", device="cpu")
