@@ -47,26 +47,39 @@ def read_ready(peer: str, keys: tuple[str, ...]) -> dict[str, str]:
     for key in keys:
         if key not in ready:
             raise PeerNotInstalled(f"{path} lacks {key!r}: run {script} again")
-        if key in ("python", "llama_cpp_dir", "optimum_cli") and not Path(ready[key]).exists():
+        if (
+            key in ("python", "llama_cpp_dir", "lib_path", "optimum_cli")
+            and not Path(ready[key]).exists()
+        ):
             raise PeerNotInstalled(f"{path} names {ready[key]}, which is missing: run {script}")
     return ready
 
 
-def run_process(command: list[str], what: str, timeout: float = TIMEOUT_S) -> str:
+def run_process(
+    command: list[str], what: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S
+) -> str:
     """Run ``command``; its stdout, or a RuntimeError carrying the end of its stderr."""
     print(f"[throughput]   {what}", file=sys.stderr, flush=True)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {})
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         raise RuntimeError(f"{what} exited with {proc.returncode}: " + " | ".join(tail))
     return proc.stdout
 
 
-def run_driver(python: str, driver: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_driver(
+    python: str,
+    driver: str,
+    spec: dict[str, Any],
+    work: Path,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One driver run in the peer's venv; the JSON object it prints last."""
     spec_path = work / f"{driver}.{time.monotonic_ns()}.json"
     spec_path.write_text(json.dumps(spec))
-    out = run_process([python, str(HERE / driver), str(spec_path)], f"{driver} ({python})")
+    out = run_process([python, str(HERE / driver), str(spec_path)], f"{driver} ({python})", env)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"{driver} printed no JSON result")
@@ -90,7 +103,7 @@ def llamacpp(
     Raises:
         PeerNotInstalled: when setup_llamacpp.sh has not run (or broke).
     """
-    ready = read_ready("llamacpp", ("python", "llama_cpp_dir", "version"))
+    ready = read_ready("llamacpp", ("python", "llama_cpp_dir", "lib_path", "version"))
 
     def system(outtype: str) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
@@ -117,7 +130,9 @@ def llamacpp(
                 "max_parallel": 256,
                 "ctx_per_seq": max_model_len,
             }
-            out = run_driver(ready["python"], "llamacpp_driver.py", spec, work)
+            # The bindings load the libllama that setup_llamacpp.sh built.
+            env = {"LLAMA_CPP_LIB_PATH": ready["lib_path"]}
+            out = run_driver(ready["python"], "llamacpp_driver.py", spec, work, env)
             out["config"] |= {"gguf_type": outtype, "setup_version": ready["version"]}
             return out
 

@@ -9,7 +9,7 @@
 #   $CORRAL_PEERS_CACHE/llamacpp/        (default ~/.cache/corral-peers/llamacpp)
 #     venv/                              python with llama_cpp (ctypes bindings)
 #     src/llama_cpp_python-VERSION/      the unpacked sdist (vendor/llama.cpp)
-#     build/                             cmake build folder, kept for rebuilds
+#     build/                             cmake build folder: libllama.so, libggml*.so
 #     ready                              written last: names the version and source
 #
 # throughput.py reads `ready` to find the venv and the converter; without it the
@@ -25,7 +25,8 @@ mkdir -p "$ROOT/sdist" "$ROOT/src"
 log() { printf '[setup_llamacpp %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 if [ -f "$ROOT/ready" ] && grep -qx "version=$VERSION" "$ROOT/ready" \
-    && "$ROOT/venv/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
+    && LLAMA_CPP_LIB_PATH="$(sed -n 's/^lib_path=//p' "$ROOT/ready")" \
+        "$ROOT/venv/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
     log "already set up: $ROOT"
     exit 0
 fi
@@ -50,16 +51,31 @@ if [ ! -d "$SRC" ]; then
     tar -xzf "$sdist" -C "$ROOT/src"
 fi
 
-log "building llama.cpp (GGML_NATIVE=ON, Release); this takes a while on few cores"
-# Tests, examples, the server and the multimodal library are not needed: the benchmark drives the library
-# through llama-cpp-python's low-level batched API.
-CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
--DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    "$ROOT/venv/bin/pip" install -q --no-deps --no-build-isolation \
-    --config-settings=build-dir="$ROOT/build" "$SRC"
+log "building libllama (GGML_NATIVE=ON, Release); this takes a while on few cores"
+# llama-cpp-python's own CMakeLists (the one pip would run), configured here so that
+# only the `llama` target and the ggml libraries it links are built: pip's build
+# would also compile llama.cpp's `common` library (its CMakeLists forces it on),
+# which the Python bindings never load. Tests, examples, tools, the server and the
+# multimodal library are off for the same reason.
+cmake -S "$SRC" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF >/dev/null
+cmake --build "$ROOT/build" --target llama -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+lib="$(find "$ROOT/build" -name 'libllama.so' -print -quit)"
+if [ -z "$lib" ]; then
+    log "the build produced no libllama.so"
+    exit 1
+fi
+lib_dir="$(dirname "$lib")"
 
-"$ROOT/venv/bin/python" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
+# The Python bindings alone (LLAMA_BUILD=OFF: nothing native is built); they load
+# the library above through LLAMA_CPP_LIB_PATH.
+if ! LLAMA_CPP_LIB_PATH="$lib_dir" "$ROOT/venv/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" \
+        "$ROOT/venv/bin/pip" install -q --no-deps --no-build-isolation "$SRC"
+fi
+LLAMA_CPP_LIB_PATH="$lib_dir" "$ROOT/venv/bin/python" -c \
+    "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
 for need in convert_hf_to_gguf.py gguf-py; do
     if [ ! -e "$SRC/vendor/llama.cpp/$need" ]; then
         log "the sdist lacks vendor/llama.cpp/$need"
@@ -70,5 +86,6 @@ done
     echo "version=$VERSION"
     echo "python=$ROOT/venv/bin/python"
     echo "llama_cpp_dir=$SRC/vendor/llama.cpp"
+    echo "lib_path=$lib_dir"
 } >"$ROOT/ready"
 log "ready: $ROOT/ready"
