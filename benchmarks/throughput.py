@@ -16,6 +16,16 @@ on the same prompts:
 - ``generate_batch``: transformers' own continuous batching
   (``model.generate_batch``), with a paged cache sized like corral's (block 16,
   room for the whole workload, the same per-step token budget).
+- ``llamacpp_{f32,bf16}``: llama.cpp built from source with native CPU flags, on
+  GGUF files converted from the same checkpoint, driven by continuous batching
+  over its batched API (benchmarks/peers/llamacpp_driver.py).
+- ``openvino_{default,f32}``: OpenVINO GenAI's ``ContinuousBatchingPipeline`` on
+  the model exported by optimum-intel, at the CPU plugin's default precision and
+  at f32 (benchmarks/peers/openvino_driver.py).
+
+The external peers (llama.cpp, OpenVINO) run in venvs and processes of their own,
+set up once by the scripts of benchmarks/peers/; one that is not set up is
+reported with status "not installed" and the reason, never left out.
 
 Wall time covers the generate calls only (loading excluded; each system does one
 short warm-up call first). Also measured in the same run:
@@ -54,10 +64,16 @@ from typing import Any
 
 import torch
 
+# The peers' package sits next to this script; imported the same way when the
+# script is run directly and when a test loads it by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import external
+
 EOS_ID = 1
 PAD_ID = 2
 FIRST_WORD_ID = 3
 BLOCK_SIZE = 16  # corral's default; generate_batch gets the same page size
+MAX_MODEL_LEN = 1024  # corral's context limit; llama.cpp gets as much per sequence
 
 STANDARD_MODEL = {
     "vocab_size": 32000,
@@ -259,7 +275,9 @@ def kv_waste(steps: list[dict[str, Any]]) -> dict[str, Any]:
 def make_llm(folder: Path) -> Any:
     from corral.llm import LLM
 
-    return LLM(str(folder), dtype="float32", max_model_len=1024, seed=0, block_size=BLOCK_SIZE)
+    return LLM(
+        str(folder), dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE
+    )
 
 
 def run_corral(
@@ -439,6 +457,65 @@ def run_generate_batch(
     }
 
 
+EXTERNAL_PEERS = {
+    "llamacpp": ("llamacpp_f32", "llamacpp_bf16"),
+    "openvino": ("openvino_default", "openvino_f32"),
+}
+
+
+def run_external_peers(
+    systems: dict[str, dict[str, Any]],
+    folder: Path,
+    prompts: list[list[int]],
+    warmup: list[list[int]],
+    output_len: int,
+    budget: int,
+    max_model_len: int,
+    skip_reason: str | None = None,
+) -> None:
+    """Run llama.cpp and OpenVINO GenAI (each in its own process) into ``systems``.
+
+    Every peer gets an entry: "ok" with its rates, "failed" with the error, "not
+    installed" with the reason (its setup script has not run), or "skipped" with
+    ``skip_reason``.
+    """
+    if skip_reason is not None:
+        for names in EXTERNAL_PEERS.values():
+            for name in names:
+                systems[name] = {"status": "skipped", "reason": skip_reason}
+        return
+    prompt_tokens = sum(map(len, prompts))
+    common = {
+        "prompts": prompts,
+        "warmup": warmup,
+        "output_len": output_len,
+        "threads": torch.get_num_threads(),
+        "budget": budget,
+    }
+    work = folder / "peers"
+    work.mkdir(exist_ok=True)
+    for peer, names in EXTERNAL_PEERS.items():
+        try:
+            if peer == "llamacpp":
+                runs = external.llamacpp(folder, work, max_model_len=max_model_len, **common)
+            else:
+                runs = external.openvino(folder, work, **common)
+        except external.PeerNotInstalled as exc:
+            for name in names:
+                systems[name] = {"status": "not installed", "reason": str(exc)}
+            print(f"[throughput] {peer}: not installed ({exc})", file=sys.stderr)
+            continue
+        for name in names:
+            run = runs[name]
+
+            def measured(run: Callable[[], dict[str, Any]] = run) -> dict[str, Any]:
+                out = run()
+                rates = _rates(out.pop("elapsed_s"), prompt_tokens, out.pop("output_tokens"))
+                return rates | out
+
+            systems[name] = _guarded(name, measured)
+
+
 def _rates(elapsed: float, prompt_tokens: int, generated: int) -> dict[str, Any]:
     return {
         "elapsed_s": round(elapsed, 6),
@@ -548,6 +625,19 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         summary["corral_again_over_best_static_generate"] = round(again / static[best_static], 3)
     for name in static:
         summary[f"corral_over_{name}"] = round(corral / static[name], 3) if corral else None
+    peers = {name: rate(name) for names in EXTERNAL_PEERS.values() for name in names if rate(name)}
+    for name, peer_rate in peers.items():
+        summary[f"corral_over_{name}"] = round(corral / peer_rate, 3) if corral else None
+    best_peer = max(peers, key=lambda k: peers[k]) if peers else None
+    summary["best_external_peer"] = best_peer
+    summary["corral_over_best_external_peer"] = (
+        round(corral / peers[best_peer], 3) if corral and best_peer else None
+    )
+    summary["external_peer_status"] = {
+        name: systems.get(name, {}).get("status")
+        for names in EXTERNAL_PEERS.values()
+        for name in names
+    }
     summary["corral_mfu"] = systems.get("corral", {}).get("mfu")
     decode = result.get("decode_only", {})
     summary["corral_decode_tokens_per_s"] = decode.get("output_tokens_per_s")
@@ -611,6 +701,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--static-batch-sizes", type=int, nargs="*", default=[8, 16, 32], metavar="B"
     )
     parser.add_argument("--no-generate-batch", action="store_true")
+    parser.add_argument(
+        "--no-external-peers",
+        action="store_true",
+        help="do not run llama.cpp and OpenVINO GenAI (reported as skipped)",
+    )
     parser.add_argument(
         "--repeat-corral",
         action="store_true",
@@ -693,6 +788,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "generate_batch",
                 lambda: run_generate_batch(hf_model, prompts, warmup, output_len, budget),
             )
+        run_external_peers(
+            systems,
+            folder,
+            prompts,
+            warmup,
+            output_len,
+            budget,
+            MAX_MODEL_LEN,
+            skip_reason="--no-external-peers" if args.no_external_peers else None,
+        )
         if args.repeat_corral:
             llm = make_llm(folder)
             systems["corral_again"] = _guarded(

@@ -45,8 +45,26 @@ struct DecodeScratch {
   int heads_per_block;
 };
 
+// Head sizes the kernels are built for: every multiple of 16 up to 256. A row
+// is then a whole number of 16-byte vectors for every element type, and 256
+// bounds the registers and shared memory a thread block needs. corral's model
+// loader (corral.model.head_sizes) mirrors this rule, so that a model the
+// kernels cannot take fails at load, not at its first step.
+constexpr int kHeadSizeMultiple = 16;
+constexpr int kMaxHeadSize = 256;
+constexpr bool is_supported_head_size(int64_t head_size) {
+  return head_size > 0 && head_size <= kMaxHeadSize && head_size % kHeadSizeMultiple == 0;
+}
+
+// X-macro over the supported head sizes: X(16) X(32) ... X(256). The kernel files
+// instantiate their templates with it and the dispatch switches over it, so the
+// set is written once.
+#define CORRAL_CUDA_FOR_EACH_HEAD_SIZE(X) \
+  X(16) X(32) X(48) X(64) X(80) X(96) X(112) X(128) \
+  X(144) X(160) X(176) X(192) X(208) X(224) X(240) X(256)
+
 // Launchers return the launch status (cudaGetLastError) for the caller to check.
-// T is float, __half or __nv_bfloat16; HEAD is 64, 80, 96, 128 or 256.
+// T is float, __half or __nv_bfloat16; HEAD is one of the supported head sizes.
 template <typename T, int HEAD>
 cudaError_t launch_decode(const AttentionParams& params, const DecodeScratch& scratch,
                           cudaStream_t stream);

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "attention.h"
+
 namespace corral::cuda {
 
 // torch's c10::Half / c10::BFloat16 are host-friendly wrappers; the kernels work
@@ -26,26 +28,21 @@ struct StorageType<at::BFloat16> {
 };
 
 // Calls fn.template operator()<T, HEAD>() for the runtime dtype and head size;
-// the supported set is the one DESIGN.md promises. Callers check the arguments
+// the supported set is CORRAL_CUDA_FOR_EACH_HEAD_SIZE (attention.h). Callers check the arguments
 // first; the default branches catch a size admitted there without a kernel here.
 template <typename Fn>
 void dispatch_dtype_and_head(at::ScalarType dtype, int64_t head_size, Fn&& fn) {
   auto with_head = [&](auto type_tag) {
     using T = typename decltype(type_tag)::type;
     switch (head_size) {
-      case 64:
-        return fn.template operator()<T, 64>();
-      case 80:
-        return fn.template operator()<T, 80>();
-      case 96:
-        return fn.template operator()<T, 96>();
-      case 128:
-        return fn.template operator()<T, 128>();
-      case 256:
-        return fn.template operator()<T, 256>();
+#define CORRAL_HEAD_CASE(HEAD) \
+  case HEAD:                   \
+    return fn.template operator()<T, HEAD>();
+      CORRAL_CUDA_FOR_EACH_HEAD_SIZE(CORRAL_HEAD_CASE)
+#undef CORRAL_HEAD_CASE
       default:
-        TORCH_CHECK(false, "paged_attention: head_size must be one of 64, 80, 96, 128, "
-                    "256 on CUDA, got ", head_size);
+        TORCH_CHECK(false, "paged_attention: head_size must be a multiple of ",
+                    kHeadSizeMultiple, " up to ", kMaxHeadSize, " on CUDA, got ", head_size);
     }
   };
   switch (dtype) {

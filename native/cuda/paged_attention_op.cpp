@@ -165,10 +165,8 @@ void paged_attention(at::Tensor& out, const at::Tensor& query,
   const int64_t num_kv_heads = key_cache.size(2);
   TORCH_CHECK(key_cache.size(3) == head_size, kOp, ": cache head size ",
               key_cache.size(3), " differs from query head size ", head_size);
-  TORCH_CHECK(head_size == 64 || head_size == 80 || head_size == 96 || head_size == 128 ||
-                  head_size == 256,
-              kOp, ": head_size must be one of 64, 80, 96, 128, 256 on CUDA, got ",
-              head_size);
+  TORCH_CHECK(is_supported_head_size(head_size), kOp, ": head_size must be a multiple of ",
+              kHeadSizeMultiple, " up to ", kMaxHeadSize, " on CUDA, got ", head_size);
   TORCH_CHECK(block_size == 8 || block_size == 16 || block_size == 32, kOp,
               ": unsupported block size ", block_size, " (supported: 8, 16, 32)");
   TORCH_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, kOp,

@@ -12,9 +12,9 @@ import subprocess
 import time
 
 import pytest
-from cli_helpers import assert_one_line_error, free_port, run_corral, start_corral
 
 from corral.default_model import default_model_path
+from tests.cli.cli_helpers import assert_one_line_error, free_port, run_corral, start_corral
 
 # A short context keeps the embedded model's runs to a fraction of a second.
 SHORT = ("--max-model-len", "32", "--temperature", "0")

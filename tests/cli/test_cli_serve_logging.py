@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
-from cli_helpers import CORRAL, cli_env, free_port
+from tests.cli.cli_helpers import CORRAL, cli_env, free_port
 
 PROMPT = "Once upon a purple time"
 

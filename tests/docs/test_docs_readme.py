@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 import trio
-from doc_blocks import Block, blocks
 
 import corral
 from corral.default_model import default_model_path
+from tests.docs.doc_blocks import Block, blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = blocks("../README.md")

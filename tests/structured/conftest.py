@@ -13,9 +13,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "model"))
-from zoo import CORPUS, EOS, MODEL_SPECS
-
 from corral.llm import LLM
+from tests.model.zoo import CORPUS, EOS, MODEL_SPECS
 
 # JSON punctuation in the training text gives the tokenizer tokens that close strings
 # and objects (`",`, `"}` ...), as real tokenizers have; with only the bare `"` byte a

@@ -6,10 +6,10 @@ import json
 import re
 
 import jsonschema
-from schemas import SCHEMAS
 
 from corral import SamplingParams, StructuredOutputsParams
 from corral.llm import LLM
+from tests.structured.schemas import SCHEMAS
 
 SAMPLES_PER_SCHEMA = 2
 

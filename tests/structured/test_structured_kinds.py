@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
-from test_structured_json import assert_compact
 
 from corral import SamplingParams, StructuredOutputsParams
 from corral.llm import LLM
+from tests.structured.test_structured_json import assert_compact
 
 REGEXES = [
     r"[a-z]{3,8}@[a-z]{2,5}\.(com|org)",

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
-from server_helpers import SERVED_NAME, build_tiny_model, open_app
+from tests.server.server_helpers import SERVED_NAME, build_tiny_model, open_app
 
 pytestmark = pytest.mark.anyio
 

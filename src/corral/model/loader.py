@@ -18,6 +18,7 @@ from corral.model.config import (
     hf_max_positions,
     hf_num_kv_heads,
 )
+from corral.model.head_sizes import check_head_size
 from corral.model.models.registry import resolve_architecture
 from corral.model.weights import init_dummy_weights, iterate_checkpoint
 
@@ -136,7 +137,8 @@ def load_model(
         The model in inference mode and its `ModelConfig`.
 
     Raises:
-        ValueError: for bad arguments, unsupported architectures or bad checkpoints.
+        ValueError: for bad arguments, unsupported architectures, a head size the
+            attention kernels of ``device`` cannot run, or bad checkpoints.
     """
     from transformers import AutoConfig
 
@@ -150,6 +152,9 @@ def load_model(
         max_model_len = model_max
     elif max_model_len <= 0 or max_model_len > model_max:
         raise ValueError(f"max_model_len: {max_model_len} is not in 1..{model_max} for this model")
+    head_size = hf_head_size(hf_config)
+    # Before any weight is built: the kernels would otherwise fail at the first step.
+    check_head_size(head_size, device, architecture)
     torch_dtype = resolve_dtype(dtype, hf_config, device)
     with _default_dtype(torch_dtype), torch.device(device):
         module = model_class(architecture, hf_config, max_model_len)
@@ -166,7 +171,7 @@ def load_model(
         vocab_size=int(hf_config.vocab_size),
         num_layers=int(getattr(hf_config, "num_hidden_layers", None) or hf_config.n_layer),
         num_kv_heads=hf_num_kv_heads(hf_config),
-        head_size=hf_head_size(hf_config),
+        head_size=head_size,
         max_model_len=max_model_len,
         eos_token_ids=_eos_token_ids(folder, hf_config),
     )
