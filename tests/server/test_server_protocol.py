@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from corral.config import AsyncEngineArgs
-from corral.entrypoints.cli import _engine_args, benchmark_script, build_parser
+from corral.entrypoints.cli import _ENGINE_SKIP, _engine_args, benchmark_script, build_parser
 from corral.entrypoints.cli_args import field_docs
 from corral.entrypoints.errors import APIError, error_body, field_of
 from corral.entrypoints.metrics import ServerMetrics
@@ -187,8 +187,13 @@ def test_every_engine_field_has_a_documented_option() -> None:
     docs = field_docs(AsyncEngineArgs)
     serve_help = parser._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
     for field in docs:
-        if field != "model":
-            assert "--" + field.replace("_", "-") in serve_help
+        option = "--" + field.replace("_", "-")
+        if field in _ENGINE_SKIP:
+            # Not offered: the model is positional, and the other fields only raise
+            # NotSupportedError until their issue lands.
+            assert option not in serve_help
+        else:
+            assert option in serve_help
 
 
 def test_serve_options_map_one_to_one_to_engine_args() -> None:
