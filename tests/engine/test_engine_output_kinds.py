@@ -76,9 +76,10 @@ def test_deltas_concatenate_to_the_cumulative_final_output_at_any_pace(
         assert logprobs == c.logprobs
     assert [c.index for c in deltas[-1].outputs] == [c.index for c in final.outputs]
     assert [c.finish_reason for c in deltas[-1].outputs] == [c.finish_reason for c in final.outputs]
-    # Prompt logprobs come once, with the first delta.
-    assert deltas[0].prompt_logprobs == final.prompt_logprobs
-    assert all(d.prompt_logprobs is None for d in deltas[1:])
+    # Prompt logprobs come complete with the first delta that has a token, never after.
+    first = next(i for i, d in enumerate(deltas) if any(c.token_ids for c in d.outputs))
+    assert deltas[first].prompt_logprobs == final.prompt_logprobs
+    assert all(d.prompt_logprobs is None for d in deltas[first + 1 :])
 
 
 @pytest.mark.anyio
