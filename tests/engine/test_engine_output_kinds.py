@@ -6,7 +6,6 @@ from __future__ import annotations
 import anyio
 import attrs
 import pytest
-from engine_helpers import TIMEOUT, fake_core, run_alone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +14,7 @@ from corral.engine import open_engine_from_core
 from corral.outputs import RequestOutput
 from corral.sampling_params import RequestOutputKind, SamplingParams
 from corral.testing.strategies import sampling_params
+from tests.engine.engine_helpers import TIMEOUT, fake_core, run_alone
 
 DELTA = RequestOutputKind.DELTA
 

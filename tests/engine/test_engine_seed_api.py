@@ -7,13 +7,13 @@ import logging
 
 import anyio
 import pytest
-from engine_helpers import TIMEOUT, fake_core, greedy
 
 from corral.async_llm_engine import AsyncLLMEngine
 from corral.config import AsyncEngineArgs
 from corral.engine import open_engine_from_core
 from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
 from corral.testing import FakeModelError
+from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
 pytestmark = pytest.mark.anyio
 

@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from server_helpers import open_app
 
 from corral.sampling_params import SamplingParams
 from corral.testing import wait_idle
+from tests.server.server_helpers import open_app
 
 pytestmark = pytest.mark.anyio
 

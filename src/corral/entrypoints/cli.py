@@ -246,6 +246,7 @@ def _generate(namespace: argparse.Namespace) -> int:
                     sys.stdout.flush()
                     shown = len(text)
             model_config = await engine.get_model_config()
+            assert model_config is not None  # open_engine always loads a model
         sys.stdout.write("\n")
         sys.stdout.flush()
         completion = output.outputs[0]
