@@ -32,6 +32,7 @@ from corral.errors import NotSupportedError as NotSupportedError
 from corral.outputs import CompletionOutput as CompletionOutput
 from corral.outputs import RequestMetrics as RequestMetrics
 from corral.outputs import RequestOutput as RequestOutput
+from corral.sampling_params import RequestOutputKind as RequestOutputKind
 from corral.sampling_params import SamplingParams as SamplingParams
 from corral.stats import EngineStats as EngineStats
 from corral.structured_outputs import StructuredOutputsParams as StructuredOutputsParams
@@ -71,6 +72,7 @@ __all__ = [
     "NotSupportedError",
     "RequestMetrics",
     "RequestOutput",
+    "RequestOutputKind",
     "RequestStream",
     "SamplingParams",
     "StructuredOutputsParams",

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from corral.config import AsyncEngineArgs
 from corral.engine import AsyncEngine, RequestStream, open_engine
@@ -21,31 +23,79 @@ from corral.errors import EngineClosedError, NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 
+if TYPE_CHECKING:
+    from corral.model.config import ModelConfig
+
+_ENGINE_ARG_NAMES = tuple(
+    f.name
+    for f in attrs.fields(AsyncEngineArgs)
+    if f.name not in ("log_requests", "max_log_len", "worker_use_ray", "engine_use_ray")
+)
+
 
 class AsyncLLMEngine:
-    """vLLM-compatible async engine; use as ``async with AsyncLLMEngine.from_engine_args(args)``.
+    """vLLM-compatible async engine; use as ``async with AsyncLLMEngine(...) as engine``.
+
+    The seed's (vLLM 0.3) constructor: ``AsyncLLMEngine(worker_use_ray,
+    engine_use_ray, *args, log_requests=True, max_log_len=None,
+    start_engine_loop=True, **kwargs)``, where ``args`` and ``kwargs`` are
+    `AsyncEngineArgs` fields (positional ones in field order: ``model`` first).
+    `from_engine_args` is the usual way in.
 
     Args:
-        engine_args: The model, cache, scheduling and logging settings
-            (``log_requests``, ``max_log_len``, ``disable_log_stats``).
-        start_engine_loop: Accepted for vLLM compatibility; only True is meaningful,
-            since the loop always runs for exactly the ``async with`` block.
+        worker_use_ray: Must be False (Ray is issue 14).
+        engine_use_ray: Must be False (Ray is issue 14).
+        log_requests: Log each request's arrival and end.
+        max_log_len: Longest prompt (characters or token ids) that is logged.
+        start_engine_loop: True (the default): the engine loop runs for exactly the
+            ``async with`` block, as a task of the engine's own. False: requests
+            queue until you run the loop yourself, in a task group you own, with
+            ``tg.start_soon(engine.run_engine_loop)``; it returns when the engine's
+            block is left (or when you cancel it). Either way no task outlives
+            its owner.
 
     Raises:
-        NotSupportedError: ``start_engine_loop=False``.
+        NotSupportedError: ``worker_use_ray`` or ``engine_use_ray`` is True.
+        ValueError: an unknown or invalid engine argument.
     """
 
-    def __init__(self, engine_args: AsyncEngineArgs, *, start_engine_loop: bool = True) -> None:
-        if not isinstance(engine_args, AsyncEngineArgs):
+    def __init__(
+        self,
+        worker_use_ray: bool,
+        engine_use_ray: bool,
+        *args: Any,
+        log_requests: bool = True,
+        max_log_len: int | None = None,
+        start_engine_loop: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(worker_use_ray, bool) or not isinstance(engine_use_ray, bool):
             raise ValueError(
-                f"engine_args must be an AsyncEngineArgs, got {type(engine_args).__name__}"
+                "AsyncLLMEngine(worker_use_ray, engine_use_ray, *engine_args, ...): the first "
+                "two arguments are booleans; to pass an AsyncEngineArgs use "
+                "AsyncLLMEngine.from_engine_args(engine_args)"
             )
-        if not start_engine_loop:
+        if worker_use_ray or engine_use_ray:
+            name = "worker_use_ray" if worker_use_ray else "engine_use_ray"
             raise NotSupportedError(
-                "start_engine_loop=False: the engine loop runs for the `async with` block "
-                "and cannot be started later"
+                f"{name}=True: Ray workers and a Ray engine are not supported (issue 14)"
             )
-        self.engine_args = engine_args
+        if len(args) > len(_ENGINE_ARG_NAMES):
+            raise ValueError(
+                f"AsyncLLMEngine takes at most {len(_ENGINE_ARG_NAMES)} positional engine "
+                f"arguments, got {len(args)}"
+            )
+        positional = dict(zip(_ENGINE_ARG_NAMES, args, strict=False))
+        twice = sorted(positional.keys() & kwargs.keys())
+        if twice:
+            raise ValueError(f"AsyncLLMEngine: engine argument(s) {twice} given twice")
+        try:
+            self.engine_args = AsyncEngineArgs(
+                **positional, **kwargs, log_requests=log_requests, max_log_len=max_log_len
+            )
+        except TypeError as exc:
+            raise ValueError(f"AsyncLLMEngine: {exc}") from None
+        self.start_engine_loop = start_engine_loop
         self._stack: AsyncExitStack | None = None
         self._engine: AsyncEngine | None = None
 
@@ -54,7 +104,21 @@ class AsyncLLMEngine:
         cls, engine_args: AsyncEngineArgs, start_engine_loop: bool = True
     ) -> AsyncLLMEngine:
         """Build the engine (the model loads on ``async with``, in a worker thread)."""
-        return cls(engine_args, start_engine_loop=start_engine_loop)
+        if not isinstance(engine_args, AsyncEngineArgs):
+            raise ValueError(
+                f"engine_args must be an AsyncEngineArgs, got {type(engine_args).__name__}"
+            )
+        fields = attrs.asdict(engine_args, recurse=False)
+        for name in ("log_requests", "max_log_len", "worker_use_ray", "engine_use_ray"):
+            del fields[name]
+        return cls(
+            engine_args.worker_use_ray,
+            engine_args.engine_use_ray,
+            log_requests=engine_args.log_requests,
+            max_log_len=engine_args.max_log_len,
+            start_engine_loop=start_engine_loop,
+            **fields,
+        )
 
     @property
     def log_requests(self) -> bool:
@@ -69,11 +133,41 @@ class AsyncLLMEngine:
         """True inside the ``async with`` block while the engine loop is alive."""
         return self._engine is not None and self._engine.is_running
 
+    @property
+    def errored(self) -> bool:
+        """True once a step raised: the engine is dead for good."""
+        return self._engine is not None and self._engine.errored
+
+    @property
+    def is_stopped(self) -> bool:
+        """True once the engine died or its ``async with`` block was left."""
+        return self._engine is not None and self._engine.is_stopped
+
+    async def check_health(self) -> None:
+        """Return if the engine can serve requests.
+
+        Raises:
+            EngineDeadError: the engine died (the step's error is ``__cause__``).
+            EngineClosedError: the engine is not inside its ``async with`` block.
+        """
+        await self._running().check_health()
+
+    async def do_log_stats(self) -> None:
+        """Log throughput, queues and cache use now (unless ``disable_log_stats``)."""
+        await self._running().do_log_stats()
+
+    async def run_engine_loop(self) -> None:
+        """Run the engine loop in your own task group (``start_engine_loop=False`` only):
+        ``tg.start_soon(engine.run_engine_loop)``. See `AsyncEngine.run_engine_loop`."""
+        await self._running().run_engine_loop()
+
     async def __aenter__(self) -> AsyncLLMEngine:
         if self._stack is not None:
             raise RuntimeError("this AsyncLLMEngine has already been entered")
         stack = AsyncExitStack()
-        self._engine = await stack.enter_async_context(open_engine(self.engine_args))
+        self._engine = await stack.enter_async_context(
+            open_engine(self.engine_args, start_engine_loop=self.start_engine_loop)
+        )
         self._stack = stack
         return self
 
@@ -112,8 +206,11 @@ class AsyncLLMEngine:
     async def get_tokenizer(self) -> Any:
         return await self._running().get_tokenizer()
 
-    async def get_model_config(self) -> Any:
-        return await self._running().get_model_config()
+    async def get_model_config(self) -> ModelConfig:
+        """The loaded model's `ModelConfig`."""
+        config = await self._running().get_model_config()
+        assert config is not None  # open_engine always loads a model
+        return config
 
     def stats(self) -> EngineStats:
         return self._running().stats()

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -28,6 +28,9 @@ from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 from corral.tokenization import encode_prompt, validate_prompt
+
+if TYPE_CHECKING:
+    from corral.model.config import ModelConfig
 
 __all__ = [
     "AsyncEngine",
@@ -65,27 +68,78 @@ class AsyncEngine:
         core: EngineCore,
         *,
         tokenizer: Any,
-        model_config: Any,
+        model_config: ModelConfig | None,
         request_logger: RequestLogger,
         log_stats: bool,
         stats_interval: float,
+        owns_loop: bool = True,
     ) -> None:
         self._core = core
         self._tokenizer = tokenizer
         self._model_config = model_config
         self._request_logger = request_logger
-        stats_logger = StatsLogger(self.stats, interval=stats_interval, enabled=log_stats)
+        self._stats_logger = StatsLogger(self.stats, interval=stats_interval, enabled=log_stats)
         self._loop = EngineLoop(
-            core, on_finished=request_logger.finished, on_step=stats_logger.after_step
+            core, on_finished=request_logger.finished, on_step=self._stats_logger.after_step
         )
+        self._owns_loop = owns_loop
         self._state = "new"
         # The engine's task group: runs grammar compilations for `generate`.
         self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
     def is_running(self) -> bool:
-        """True inside the engine's block while the engine loop is alive."""
-        return self._state == "running" and self._loop.fault is None
+        """True inside the engine's block while the engine loop is alive (with
+        ``start_engine_loop=False``: while the owner runs `run_engine_loop`)."""
+        return self._state == "running" and self._loop.fault is None and self._loop.running
+
+    @property
+    def errored(self) -> bool:
+        """True once a step raised: the engine is dead for good."""
+        return self._loop.fault is not None
+
+    @property
+    def is_stopped(self) -> bool:
+        """True once the engine can serve nothing more: it died or its block was left."""
+        return self.errored or self._state == "closed"
+
+    async def check_health(self) -> None:
+        """Return if the engine can serve requests (a checkpoint).
+
+        Raises:
+            EngineDeadError: the engine died (the step's error is ``__cause__``).
+            EngineClosedError: the engine's block has been left (or not entered).
+        """
+        await anyio.lowlevel.checkpoint()
+        self._check_running()
+
+    async def do_log_stats(self) -> None:
+        """Log the statistics line now (unless stats logging is disabled)."""
+        await anyio.lowlevel.checkpoint()
+        self._stats_logger.log_now()
+
+    async def run_engine_loop(self) -> None:
+        """Run the engine loop in the caller's task, for an engine opened with
+        ``start_engine_loop=False`` (e.g. ``tg.start_soon(engine.run_engine_loop)``).
+
+        Requests submitted before it runs wait in the queue. It returns when the
+        engine's block is left (after the step in flight) or the engine dies; a
+        cancellation stops it between two steps, and it may be run again later. A
+        step's error is not raised here: the engine is dead, its streams raise
+        `EngineDeadError`, and leaving the engine's block raises the error.
+
+        Raises:
+            RuntimeError: the engine runs its own loop, or this loop already runs.
+            EngineClosedError: the engine's block has not been entered yet.
+        """
+        if self._owns_loop:
+            raise RuntimeError(
+                "run_engine_loop: this engine runs its own loop; open it with "
+                "start_engine_loop=False to run the loop yourself"
+            )
+        if self._state == "new":
+            raise EngineClosedError("run_engine_loop: the engine's block has not been entered yet")
+        await self._loop.run()
 
     def generate(
         self,
@@ -236,7 +290,7 @@ class AsyncEngine:
         await anyio.lowlevel.checkpoint()
         return self._tokenizer
 
-    async def get_model_config(self) -> Any:
+    async def get_model_config(self) -> ModelConfig | None:
         """The model's `ModelConfig`; None for an engine opened from a bare core."""
         await anyio.lowlevel.checkpoint()
         return self._model_config
@@ -259,6 +313,11 @@ class AsyncEngine:
         if prompt_token_ids is None and self._tokenizer is None:
             raise ValueError("prompt_token_ids: required, since this engine has no tokenizer")
         if prompt_token_ids is None:
+            if config is None:
+                raise ValueError(
+                    "prompt: text needs the model's config (open the engine with "
+                    "model_config) to check the tokens; give prompt_token_ids instead"
+                )
             return encode_prompt(
                 self._tokenizer,
                 prompt,
@@ -278,12 +337,13 @@ async def open_engine_from_core(
     core: EngineCore,
     *,
     tokenizer: Any = None,
-    model_config: Any = None,
+    model_config: ModelConfig | None = None,
     log_requests: bool = True,
     max_log_len: int | None = None,
     log_requests_verbose: bool = False,
     log_stats: bool = True,
     stats_interval: float = 5.0,
+    start_engine_loop: bool = True,
 ) -> AsyncIterator[AsyncEngine]:
     """Run an engine over an already built `EngineCore` (e.g. `corral.testing`'s).
 
@@ -308,6 +368,11 @@ async def open_engine_from_core(
         log_stats: Log throughput, queues and KV cache use every ``stats_interval``
             seconds while the engine works.
         stats_interval: Seconds between two statistics lines.
+        start_engine_loop: True (the default) runs the engine loop as a task of the
+            engine's own block. False leaves it to the caller: requests queue until
+            the caller runs `AsyncEngine.run_engine_loop` in a task group of its own
+            (``tg.start_soon(engine.run_engine_loop)``); leaving the engine's block
+            stops that loop after its step in flight and waits for it.
     """
     if max_log_len is not None and max_log_len < 0:
         raise ValueError(f"max_log_len must be non-negative or None, got {max_log_len!r}")
@@ -320,12 +385,14 @@ async def open_engine_from_core(
         ),
         log_stats=log_stats,
         stats_interval=stats_interval,
+        owns_loop=start_engine_loop,
     )
     loop = engine._loop
     body = FirstError()
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(loop.run)
+            if start_engine_loop:
+                await tg.start(loop.run)
             engine._task_group = tg
             engine._state = "running"
             try:
@@ -336,6 +403,9 @@ async def open_engine_from_core(
             finally:
                 engine._state = "closed"
                 loop.stop()
+                # An owner-run loop (start_engine_loop=False) lives in another task
+                # group: the core is ours again only once it has returned.
+                await loop.wait_exited()
     finally:
         engine._state = "closed"
         loop.flush()
@@ -346,7 +416,11 @@ async def open_engine_from_core(
 
 @asynccontextmanager
 async def open_engine(
-    args: EngineArgs | str | None = None, /, **engine_args: Any
+    args: EngineArgs | str | None = None,
+    /,
+    *,
+    start_engine_loop: bool = True,
+    **engine_args: Any,
 ) -> AsyncIterator[AsyncEngine]:
     """Load a model and run an engine over it for the duration of the block.
 
@@ -355,7 +429,7 @@ async def open_engine(
     event loop keeps running meanwhile; a cancellation during loading takes effect
     when loading ends. `AsyncEngineArgs` fields (``log_requests``, ``max_log_len``,
     ``disable_log_stats``) set up logging. Leaving the block behaves as in
-    `open_engine_from_core`.
+    `open_engine_from_core`, which also describes ``start_engine_loop``.
 
     Raises:
         ValueError: invalid engine arguments, or a model that cannot be loaded.
@@ -387,5 +461,6 @@ async def open_engine(
         max_log_len=max_log_len,
         log_requests_verbose=verbose,
         log_stats=log_stats,
+        start_engine_loop=start_engine_loop,
     ) as engine:
         yield engine

@@ -1,7 +1,8 @@
 """What a request's caller receives: cumulative snapshots of its completions.
 
-Each `RequestOutput` holds everything generated so far (not a delta), so a consumer
-that skips snapshots loses nothing. The types are plain mutable classes, like vLLM's,
+Each `RequestOutput` the engine makes holds everything generated so far (not a
+delta), so a consumer that skips snapshots loses nothing; a stream turns them into
+deltas for ``RequestOutputKind.DELTA`` (see `corral._engine.stream`). The types are plain mutable classes, like vLLM's,
 because the engine builds one per request per step and frozen classes cost
 noticeably more to build; the engine never mutates one after handing it out, except
 `RequestMetrics`, which is shared by a request's snapshots and always holds the
@@ -125,6 +126,28 @@ class CompletionOutput:
     def logprobs(self, value: list[Logprobs] | None) -> None:
         self._logprobs = value
         self._logprobs_source = None
+
+    @property
+    def num_tokens(self) -> int:
+        """``len(token_ids)``, without copying them."""
+        if self._token_ids is not None:
+            return len(self._token_ids)
+        return self._stop - self._start
+
+    def tail(self, start: int) -> tuple[list[int], list[Logprobs] | None]:
+        """The token ids and logprobs from position ``start`` on, copying only those
+        (a delta output's cost does not grow with the completion's length)."""
+        if self._token_ids is not None:
+            token_ids = self._token_ids[start:]
+        else:
+            token_ids = self._token_source[self._start + start : self._stop]  # type: ignore[index]
+        if self._logprobs is not None:
+            logprobs: list[Logprobs] | None = self._logprobs[start:]
+        elif self._logprobs_source is not None:
+            logprobs = self._logprobs_source[start : self._stop - self._start]
+        else:
+            logprobs = None
+        return token_ids, logprobs
 
     @property
     def finished(self) -> bool:

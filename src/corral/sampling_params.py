@@ -8,6 +8,7 @@ only ``best_of == 1``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,21 @@ LogitsProcessor = Callable[[list[int], Any], Any]
 (a 1-D tensor over the vocabulary) before sampling, like vLLM v0's processors."""
 
 _SAMPLING_EPS = 1e-5
+
+
+class RequestOutputKind(enum.Enum):
+    """What each output of a request's stream holds (vLLM's ``RequestOutputKind``).
+
+    CUMULATIVE: everything generated so far (the default). DELTA: only what is new
+    since the stream's previous output; a consumer that reads slowly gets the
+    concatenation of everything it missed, so concatenating the outputs' text,
+    token ids and logprobs gives the cumulative result. FINAL_ONLY: one output,
+    the final one.
+    """
+
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 def _to_str_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -84,6 +100,8 @@ class SamplingParams:
         structured_outputs: Constrains the output to a JSON schema, regex, choice or
             grammar (see `StructuredOutputsParams`); cannot be combined with
             ``ignore_eos`` or ``min_tokens``, since the grammar decides where it ends.
+        output_kind: Cumulative snapshots, deltas or only the final output, for the
+            async engine's streams (see `RequestOutputKind`).
     """
 
     n: int = 1
@@ -112,6 +130,7 @@ class SamplingParams:
         default=(), converter=_to_proc_tuple
     )
     structured_outputs: StructuredOutputsParams | None = None
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __attrs_post_init__(self) -> None:
         if self.best_of is None:
@@ -167,6 +186,8 @@ class SamplingParams:
             raise _bad("stop", "non-empty strings", self.stop)
         if any(t < 0 for t in self.stop_token_ids):
             raise _bad("stop_token_ids", "non-negative token ids", self.stop_token_ids)
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise _bad("output_kind", "a RequestOutputKind", self.output_kind)
         if not all(callable(p) for p in self.logits_processors):
             raise _bad("logits_processors", "callables", self.logits_processors)
         self._verify_structured_outputs()

@@ -107,3 +107,30 @@ async def test_seed_facade_serves_a_real_model(
             assert_same_as_offline(final, offline[0])
             await engine.abort("0")
     assert not engine.is_running
+
+
+@pytest.mark.anyio
+async def test_seed_constructor_with_an_owner_run_loop_serves_a_real_model(
+    model_dir: str, offline: list[RequestOutput]
+) -> None:
+    engine = AsyncLLMEngine(
+        False,
+        False,
+        model_dir,
+        log_requests=False,
+        start_engine_loop=False,
+        disable_log_stats=True,
+        **ENGINE_ARGS,
+    )
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg, engine:
+            stream = engine.generate(PROMPTS[1], GREEDY, "queued")
+            assert not engine.is_running
+            tg.start_soon(engine.run_engine_loop)
+            await engine.check_health()
+            config = await engine.get_model_config()
+            assert config.max_model_len == 256 and config.vocab_size > 0
+            final = [out async for out in stream][-1]
+            assert_same_as_offline(final, offline[1])
+            await engine.do_log_stats()
+    assert engine.is_stopped and not engine.errored

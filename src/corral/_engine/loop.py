@@ -72,6 +72,9 @@ class EngineLoop:
         self.live: dict[str, RequestState] = {}
         self.fault: BaseException | None = None
         self.stopping = False
+        # True while `run` executes; `_exited` is set each time it returns.
+        self.running = False
+        self._exited: anyio.Event | None = None
         self._on_finished = on_finished
         self._on_step = on_step
         self._limiter = anyio.CapacityLimiter(1)
@@ -91,7 +94,17 @@ class EngineLoop:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Drive the core until `stop`; a failing step kills the engine (see `fault`)."""
+        """Drive the core until `stop`; a failing step kills the engine (see `fault`).
+
+        A cancellation takes effect only between steps: a step and the hand-out of
+        its outputs are shielded, so that no step's outputs are ever lost (the worker
+        thread could not be abandoned anyway). After a cancellation the requests stay
+        queued and `run` may be called again.
+        """
+        if self.running:
+            raise RuntimeError("the engine loop is already running")
+        self.running = True
+        self._exited = anyio.Event()
         self._wake = anyio.Event()
         task_status.started()
         core = self.core
@@ -103,12 +116,23 @@ class EngineLoop:
                         await self._wake.wait()
                         self._wake = anyio.Event()
                     continue
-                outputs = await anyio.to_thread.run_sync(core.step, limiter=self._limiter)
-                self._publish_stats()
-                self._dispatch(outputs)
-                self._on_step()
+                with anyio.CancelScope(shield=True):
+                    outputs = await anyio.to_thread.run_sync(core.step, limiter=self._limiter)
+                    self._publish_stats()
+                    self._dispatch(outputs)
+                    self._on_step()
         except Exception as exc:
             self.die(exc)
+        finally:
+            self.running = False
+            self._exited.set()
+
+    async def wait_exited(self) -> None:
+        """Wait until `run` has returned, if it is running (shielded from cancellation:
+        the caller must not touch the core while a step may be in flight)."""
+        if self.running and self._exited is not None:
+            with anyio.CancelScope(shield=True):
+                await self._exited.wait()
 
     async def wait_published(self) -> None:
         """Wait until the next `stats` snapshot is out, or the loop stops or dies."""

@@ -110,10 +110,15 @@ class StatsLogger:
     def after_step(self) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        elapsed = now - self._last_time
-        if elapsed < self.interval:
+        if time.monotonic() - self._last_time >= self.interval:
+            self.log_now()
+
+    def log_now(self) -> None:
+        """Log the line now, whatever the interval (vLLM's ``do_log_stats``)."""
+        if not self.enabled:
             return
+        now = time.monotonic()
+        elapsed = max(now - self._last_time, 1e-9)
         stats = self._stats()
         prompt_rate = (stats.num_prompt_tokens - self._last_prompt_tokens) / elapsed
         generation_rate = (stats.num_generation_tokens - self._last_generation_tokens) / elapsed

@@ -5,6 +5,11 @@ The loop keeps the latest cumulative `RequestOutput` of a request in its
 that carries nothing but wake-ups. A full buffer means a wake-up is already
 pending, so the loop never blocks and never queues: a slow consumer reads the
 newest snapshot when it comes back (outputs coalesce), a fast one sees every step.
+
+Output kinds (`RequestOutputKind`) are the stream's business, not the core's: a
+FINAL_ONLY request wakes its consumer only at the end, and a DELTA stream cuts
+each snapshot it reads down to what it has not handed out yet, so a coalesced
+wake-up yields the concatenation of the steps it skipped.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from corral.outputs import CompletionOutput, RequestOutput
+from corral.sampling_params import RequestOutputKind
+
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from corral.outputs import RequestOutput
     from corral.sampling_params import SamplingParams
 
 
@@ -33,6 +40,7 @@ class RequestState:
         "core_id",
         "done",
         "error",
+        "final_only",
         "latest",
         "params",
         "prefix_pos",
@@ -63,6 +71,7 @@ class RequestState:
         self.latest: RequestOutput | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.final_only = params.output_kind is RequestOutputKind.FINAL_ONLY
         self.send, self.receive = anyio.create_memory_object_stream[None](1)
 
     def publish(self, output: RequestOutput) -> bool:
@@ -71,6 +80,8 @@ class RequestState:
         Returns False when the consumer has gone away (its receive side is closed).
         """
         self.latest = output
+        if self.final_only:
+            return True  # the consumer waits for `end`
         try:
             self.send.send_nowait(None)
         except anyio.WouldBlock:
@@ -101,11 +112,73 @@ class RequestState:
         self.receive.close()
 
 
+class DeltaCursor:
+    """How much of each completion a DELTA stream has handed out.
+
+    Text that may still be cut by a stop string (the last ``len(longest stop)``
+    characters, unless ``include_stop_str_in_output``) is held back until the
+    completion finishes, so that the deltas always concatenate to the final text.
+    Not one character less: a match may end exactly where the previous step's text
+    ended when ``min_tokens`` kept it from stopping then (see `corral.core.stop`).
+    """
+
+    __slots__ = ("_first", "_hold_back", "_sent")
+
+    def __init__(self, params: SamplingParams) -> None:
+        self._sent: dict[int, tuple[int, int]] = {}  # index -> (chars, tokens) handed out
+        self._first = True
+        stops = params.stop
+        self._hold_back = (
+            max(len(s) for s in stops) if stops and not params.include_stop_str_in_output else 0
+        )
+
+    def take(self, output: RequestOutput) -> RequestOutput:
+        """The part of cumulative ``output`` not handed out yet; marks it handed out."""
+        sent = self._sent
+        completions = []
+        for c in output.outputs:
+            chars, tokens = sent.get(c.index, (0, 0))
+            text = c.text
+            end = len(text)
+            if c.finish_reason is None and self._hold_back:
+                end = max(chars, end - self._hold_back)
+            token_ids, logprobs = c.tail(tokens)
+            completions.append(
+                CompletionOutput(
+                    c.index,
+                    text[chars:end],
+                    token_ids,
+                    c.cumulative_logprob,
+                    logprobs,
+                    c.finish_reason,
+                    c.stop_reason,
+                )
+            )
+            sent[c.index] = (end, tokens + len(token_ids))
+        # Prompt logprobs come with every delta up to the first one that carries a
+        # generated token (a token is sampled only once the whole prompt is in, so
+        # they are complete by then), and never again.
+        prompt_logprobs = output.prompt_logprobs if self._first else None
+        if self._first and any(c.token_ids for c in completions):
+            self._first = False
+        return RequestOutput(
+            output.request_id,
+            output.prompt,
+            output.prompt_token_ids,
+            prompt_logprobs,
+            completions,
+            output.finished,
+            output.metrics,
+            output.error,
+        )
+
+
 class RequestStream:
     """The outputs of one request, as an async iterator and an async context manager.
 
-    Each item is the request's cumulative `RequestOutput` (text and token ids so far);
-    the last one has ``finished=True``. A consumer that falls behind skips
+    Each item is the request's cumulative `RequestOutput` (text and token ids so far),
+    or with ``output_kind=DELTA`` what is new since the previous item, or with
+    FINAL_ONLY the final output alone; the last one has ``finished=True``. A consumer that falls behind skips
     intermediate snapshots and gets the newest one: memory stays bounded and the
     batch never waits for it.
 
@@ -123,7 +196,7 @@ class RequestStream:
         ValueError: the engine core refused the request.
     """
 
-    __slots__ = ("__weakref__", "_cancel", "_closed", "_finished", "_orphan", "_state")
+    __slots__ = ("__weakref__", "_cancel", "_closed", "_delta", "_finished", "_orphan", "_state")
 
     def __init__(
         self,
@@ -136,11 +209,21 @@ class RequestStream:
         self._orphan = orphan
         self._finished = False
         self._closed = False
+        self._delta = (
+            DeltaCursor(state.params)
+            if state.params.output_kind is RequestOutputKind.DELTA
+            else None
+        )
 
     @property
     def request_id(self) -> str:
         """The request's id (generated by the engine when the caller gave none)."""
         return self._state.request_id
+
+    @property
+    def output_kind(self) -> RequestOutputKind:
+        """What each item holds: the request's ``SamplingParams.output_kind``."""
+        return self._state.params.output_kind
 
     @property
     def finished(self) -> bool:
@@ -187,6 +270,8 @@ class RequestStream:
         assert output is not None  # woken only once a snapshot (or the error) is stored
         if output.finished:
             self.close()
+        if self._delta is not None:
+            return self._delta.take(output)
         return output
 
     def close(self) -> None:

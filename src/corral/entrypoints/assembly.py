@@ -2,8 +2,12 @@
 each choice that is new since its previous chunk, the token usage, and the error
 event that ends a stream early.
 
-A streamed choice sends only what it has not sent yet, so that the concatenated
-chunks equal the non-streamed answer; a choice that finished sends nothing more.
+A streamed request runs with ``output_kind=DELTA``: the engine's stream hands
+out only what is new (holding back text a stop string may still cut), so a chunk
+is built from a delta without re-slicing the cumulative text, and the
+concatenated chunks equal the non-streamed answer; a choice that finished sends
+nothing more. `DeltaAccumulator` rebuilds the cumulative final output (for usage
+and metrics) by appending to lists, linear in the output's length.
 """
 
 from __future__ import annotations
@@ -43,15 +47,16 @@ class ChoiceDelta:
 
 
 class ChoiceTracker:
-    """Remembers how much of each of a request's ``n`` choices has been sent."""
+    """Remembers which of a request's ``n`` choices have started and finished; reads
+    the DELTA outputs of a streamed request (streaming needs ``best_of == n``, so
+    a choice's position is its index)."""
 
     def __init__(self, n: int) -> None:
-        self._sent_text = [0] * n
-        self._sent_tokens = [0] * n
+        self._started = [False] * n
         self._done = [False] * n
 
     def deltas(self, output: RequestOutput) -> list[ChoiceDelta]:
-        """The new part of every choice of ``output`` that has one (or just finished)."""
+        """Every choice of the delta ``output`` that has something new (or just finished)."""
         deltas = []
         for i, completion in enumerate(output.outputs):
             delta = self._delta(i, completion)
@@ -62,19 +67,55 @@ class ChoiceTracker:
     def _delta(self, i: int, completion: CompletionOutput) -> ChoiceDelta | None:
         if self._done[i]:
             return None
-        sent_tokens = self._sent_tokens[i]
-        text = completion.text[self._sent_text[i] :]
-        token_ids = completion.token_ids[sent_tokens:]
+        text = completion.text
+        token_ids = completion.token_ids
         if not text and not token_ids and completion.finish_reason is None:
             return None
-        first = sent_tokens == 0 and self._sent_text[i] == 0
-        logprobs = list((completion.logprobs or [])[sent_tokens:])
-        self._sent_text[i] = len(completion.text)
-        self._sent_tokens[i] = len(completion.token_ids)
+        first = not self._started[i]
+        logprobs = list(completion.logprobs or [])
+        self._started[i] = True
         self._done[i] = completion.finish_reason is not None
         return ChoiceDelta(
             i, text, token_ids, logprobs, first, completion.finish_reason, completion.stop_reason
         )
+
+
+class DeltaAccumulator:
+    """Rebuilds a request's cumulative output from its DELTA outputs."""
+
+    def __init__(self) -> None:
+        self._texts: dict[int, list[str]] = {}
+        self._token_ids: dict[int, list[int]] = {}
+        self._logprobs: dict[int, list[Logprobs] | None] = {}
+        self._prompt_logprobs: list[Logprobs | None] | None = None
+
+    def add(self, delta: RequestOutput) -> None:
+        if delta.prompt_logprobs is not None:
+            self._prompt_logprobs = delta.prompt_logprobs
+        for c in delta.outputs:
+            self._texts.setdefault(c.index, []).append(c.text)
+            self._token_ids.setdefault(c.index, []).extend(c.token_ids)
+            if c.index not in self._logprobs:
+                self._logprobs[c.index] = None if c.logprobs is None else []
+            logprobs = self._logprobs[c.index]
+            if logprobs is not None and c.logprobs is not None:
+                logprobs.extend(c.logprobs)
+
+    def result(self, last: RequestOutput) -> RequestOutput:
+        """The cumulative output whose last delta is ``last`` (already added)."""
+        completions = [
+            CompletionOutput(
+                c.index,
+                "".join(self._texts[c.index]),
+                self._token_ids[c.index],
+                c.cumulative_logprob,
+                self._logprobs[c.index],
+                c.finish_reason,
+                c.stop_reason,
+            )
+            for c in last.outputs
+        ]
+        return attrs.evolve(last, outputs=completions, prompt_logprobs=self._prompt_logprobs)
 
 
 def usage_of(finals: Iterable[RequestOutput]) -> UsageInfo:

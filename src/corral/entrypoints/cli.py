@@ -39,6 +39,7 @@ from corral.sampling_params import SamplingParams
 _GENERATE_SKIP = (
     "n", "best_of", "use_beam_search", "logprobs", "prompt_logprobs", "logits_processors", "seed",
     "structured_outputs",
+    "output_kind",
 )  # fmt: skip
 # Engine fields that accept only their default today (anything else raises "not
 # supported"): offering them as flags would promise what corral does not do.
@@ -245,6 +246,7 @@ def _generate(namespace: argparse.Namespace) -> int:
                     sys.stdout.flush()
                     shown = len(text)
             model_config = await engine.get_model_config()
+            assert model_config is not None  # open_engine always loads a model
         sys.stdout.write("\n")
         sys.stdout.flush()
         completion = output.outputs[0]

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from corral.engine import AsyncEngine
+from corral.entrypoints.api_server import add_generate_route
 from corral.entrypoints.errors import install_error_handlers
 from corral.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
 from corral.entrypoints.middleware import APIKeyMiddleware, ASGIApp, BodyLimitMiddleware
@@ -116,6 +117,8 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await create_chat_completion(ctx, body, request.receive)
+
+    add_generate_route(app, ctx)  # vLLM's simple demo API, POST /generate
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:

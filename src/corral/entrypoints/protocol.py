@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from corral.sampling_params import SamplingParams
+from corral.sampling_params import RequestOutputKind, SamplingParams
 from corral.structured_outputs import StructuredOutputsParams
 
 MAX_LOGPROBS = 20
@@ -193,6 +193,8 @@ class _SamplingRequest(_Strict):
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             structured_outputs=self.structured_outputs(),
+            # A stream is built from deltas (see entrypoints/assembly.py).
+            output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.CUMULATIVE,
         )
 
 

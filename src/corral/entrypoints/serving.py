@@ -20,13 +20,14 @@ import attrs
 
 from corral._concurrency import FirstError
 from corral.engine import AsyncEngine, RequestStream
+from corral.entrypoints.assembly import DeltaAccumulator
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.metrics import ServerMetrics
 from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
 from corral.entrypoints.sse import wait_disconnect
 from corral.errors import EngineDeadError
 from corral.outputs import RequestOutput
-from corral.sampling_params import SamplingParams
+from corral.sampling_params import RequestOutputKind, SamplingParams
 
 T = TypeVar("T")
 
@@ -198,13 +199,18 @@ class ServingContext:
             EngineDeadError: the engine died (answered 503).
         """
         final: RequestOutput | None = None
+        # A streamed request's outputs are deltas (see assembly); callers get the
+        # cumulative final output either way.
+        accumulator = DeltaAccumulator() if stream.output_kind is RequestOutputKind.DELTA else None
         try:
             async with stream:
                 async for output in stream:
+                    if accumulator is not None:
+                        accumulator.add(output)
                     if on_output is not None:
                         await on_output(output)
                     if output.finished:
-                        final = output
+                        final = output if accumulator is None else accumulator.result(output)
         except ValueError as exc:
             raise bad_request(exc) from exc
         finally:
