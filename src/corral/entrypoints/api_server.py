@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive
 
 from corral.engine import RequestStream
 from corral.entrypoints.assembly import stream_or_error
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.serving import ServingContext, unless_disconnected
-from corral.entrypoints.sse import Emit, wait_disconnect
+from corral.entrypoints.sse import Emit, ProducerResponse
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 
@@ -62,47 +60,13 @@ def parse_body(body: Any) -> tuple[str, bool, SamplingParams]:
     return prompt, stream, params
 
 
-class NullDelimitedResponse(Response):
-    """A streamed body of JSON objects each followed by ``\\0``; the producer is
-    cancelled when the client disconnects, and ``cleanup`` always runs (it ends the
-    engine stream, which aborts the request)."""
+class NullDelimitedResponse(ProducerResponse):
+    """JSON objects each followed by ``\\0`` (see `ProducerResponse`)."""
 
-    def __init__(self, producer: Callable[[Emit], Any], cleanup: Callable[[], None]) -> None:
-        # Not Response.__init__: it would declare a content-length.
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [(b"content-type", b"application/octet-stream")]
-        self._producer = producer
-        self._cleanup = cleanup
+    headers_of_body = ((b"content-type", b"application/octet-stream"),)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._respond(receive, send)
-        finally:
-            self._cleanup()
-
-    async def _respond(self, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-
-        async def emit(data: Any) -> None:
-            chunk = (json.dumps(data) + "\0").encode()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        disconnected = anyio.Event()
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                await wait_disconnect(receive)
-                disconnected.set()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            await self._producer(emit)
-            tg.cancel_scope.cancel()
-        if not disconnected.is_set():
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    def frame(self, data: Any) -> bytes:
+        return (json.dumps(data) + "\0").encode()
 
 
 async def generate(ctx: ServingContext, body: Any, receive: Receive) -> Response:

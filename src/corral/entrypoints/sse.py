@@ -38,29 +38,32 @@ async def wait_disconnect(receive: Receive) -> None:
             return
 
 
-class EventStreamResponse(Response):
-    """``text/event-stream`` response fed by ``producer``, ended by ``data: [DONE]``.
+class ProducerResponse(Response):
+    """A streamed response fed by ``producer``, framed by :meth:`frame`.
 
     Args:
-        producer: Called with ``emit``; each ``await emit(obj)`` sends one event
-            with ``obj`` as JSON. ``data: [DONE]`` follows when it returns.
+        producer: Called with ``emit``; each ``await emit(obj)`` sends one framed
+            object. ``trailer`` (if any) follows when it returns.
         cleanup: Called (synchronously) when the response ends in any way, even
             before the producer started: it ends the engine streams the handler
             submitted, so that no request outlives its connection.
     """
+
+    headers_of_body: tuple[tuple[bytes, bytes], ...] = ()
+    trailer: Any = None
 
     def __init__(self, producer: Producer, cleanup: Callable[[], None]) -> None:
         # Not Response.__init__: it would declare a content-length for a body that
         # is not known yet.
         self.status_code = 200
         self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
+        self.raw_headers = list(self.headers_of_body)
         self._producer = producer
         self._cleanup = cleanup
+
+    def frame(self, data: Any) -> bytes:
+        """The bytes that carry one emitted object."""
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -78,7 +81,7 @@ class EventStreamResponse(Response):
             # Several producer tasks (one per prompt) may share the connection.
             async with lock:
                 await send(
-                    {"type": "http.response.body", "body": format_event(data), "more_body": True}
+                    {"type": "http.response.body", "body": self.frame(data), "more_body": True}
                 )
 
         disconnected = anyio.Event()
@@ -91,7 +94,22 @@ class EventStreamResponse(Response):
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             await self._producer(emit)
-            await emit(DONE)
+            if self.trailer is not None:
+                await emit(self.trailer)
             tg.cancel_scope.cancel()
         if not disconnected.is_set():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class EventStreamResponse(ProducerResponse):
+    """``text/event-stream`` response (see `ProducerResponse`), ended by ``data: [DONE]``."""
+
+    headers_of_body = (
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    )
+    trailer = DONE
+
+    def frame(self, data: Any) -> bytes:
+        return format_event(data)
