@@ -110,8 +110,13 @@ class EngineLoop:
         core = self.core
         try:
             while not self.stopping:
-                self._apply_inbox()
+                applied = self._apply_inbox()
                 if not core.has_unfinished_requests():
+                    if applied:
+                        # Commands that needed no step (an add and its abort, both
+                        # before the loop saw either) still end in a snapshot, so that
+                        # a reader waiting for the inbox to drain is woken.
+                        self._publish_stats()
                     if not (self._inbox or self.stopping):
                         await self._wake.wait()
                         self._wake = anyio.Event()
@@ -242,7 +247,15 @@ class EngineLoop:
         if self.live.get(state.request_id) is state:
             del self.live[state.request_id]
 
-    def _apply_inbox(self) -> None:
+    @property
+    def has_pending_commands(self) -> bool:
+        """Whether adds or aborts wait for the loop's next step boundary (the last
+        `stats` snapshot does not reflect them yet)."""
+        return bool(self._inbox or self._orphans)
+
+    def _apply_inbox(self) -> bool:
+        """Apply queued adds and aborts; return whether there were any."""
+        applied = self.has_pending_commands
         self.reap_orphans()
         core = self.core
         while self._inbox:
@@ -252,6 +265,7 @@ class EngineLoop:
                     self._add(state)
             elif state.core_id is not None and self._in_core.get(state.core_id) is state:
                 core.abort_request(state.core_id)
+        return applied
 
     def _add(self, state: RequestState) -> None:
         # The core knows each request by a private id of its own, never the user's
