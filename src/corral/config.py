@@ -18,6 +18,7 @@ PreemptionMode = Literal["recompute", "swap"]
 _DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 _DEVICES = ("auto", "cpu", "cuda")
 _LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+_EXECUTOR_BACKENDS = ("ray", "mp")
 _PREEMPTION_MODES = ("recompute", "swap")
 
 DEFAULT_CHUNKED_BATCHED_TOKENS = 2048
@@ -130,9 +131,22 @@ class EngineArgs:
         device: "auto" (CUDA when available), "cpu" or "cuda".
         load_format: "auto", "safetensors", "pt" or "dummy" (random weights).
         trust_remote_code: Allow model code from the checkpoint.
-        tensor_parallel_size: Only 1 is supported yet.
-        worker_use_ray: Only False is supported yet.
-        engine_use_ray: Only False is supported yet.
+        tensor_parallel_size: Ranks each replica's model is sharded over (Megatron-style).
+        data_parallel_size: Independent engine replicas; the front door routes each
+            request to one of them.
+        distributed_executor_backend: "ray" or "mp" (local processes) for the
+            tensor-parallel ranks; None picks "ray" when ``worker_use_ray`` is set, else
+            "mp".
+        ray_address: Ray cluster to join; None joins the cluster named by
+            ``RAY_ADDRESS`` when set, else starts a local Ray instance.
+        worker_use_ray: The seed's name for ``distributed_executor_backend="ray"``.
+        engine_use_ray: Run the engine core (scheduler and model runner) in a Ray actor;
+            the async front door stays in the caller's process.
+        enable_lora: Serve LoRA adapters (``lora_request`` on generate).
+        max_loras: Most distinct adapters in one step.
+        max_lora_rank: Largest adapter rank accepted.
+        max_cpu_loras: Adapters kept loaded in host memory (least recently used beyond
+            that are unloaded); None means ``max_loras``.
     """
 
     model: str
@@ -153,8 +167,15 @@ class EngineArgs:
     load_format: str = "auto"
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+    ray_address: str | None = None
     worker_use_ray: bool = False
     engine_use_ray: bool = False
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.model:
@@ -171,15 +192,33 @@ class EngineArgs:
         _one_of("preemption_mode", self.preemption_mode, _PREEMPTION_MODES)
         _one_of("device", self.device, _DEVICES)
         _one_of("load_format", self.load_format, _LOAD_FORMATS)
+        _positive("tensor_parallel_size", self.tensor_parallel_size)
+        _positive("data_parallel_size", self.data_parallel_size)
+        if self.distributed_executor_backend is not None:
+            _one_of(
+                "distributed_executor_backend",
+                self.distributed_executor_backend,
+                _EXECUTOR_BACKENDS,
+            )
         if self.tensor_parallel_size != 1:
-            if self.tensor_parallel_size < 1:
-                raise _bad("tensor_parallel_size", "a positive integer", self.tensor_parallel_size)
             raise NotSupportedError(
                 f"tensor_parallel_size={self.tensor_parallel_size}: "
                 "distributed inference is not supported yet (only 1)"
             )
+        if self.data_parallel_size != 1:
+            raise NotSupportedError(
+                f"data_parallel_size={self.data_parallel_size}: "
+                "data-parallel replicas are not supported yet (only 1)"
+            )
         if self.worker_use_ray or self.engine_use_ray:
             raise NotSupportedError("worker_use_ray / engine_use_ray: Ray is not supported yet")
+        _positive("max_loras", self.max_loras)
+        _positive("max_lora_rank", self.max_lora_rank)
+        _positive("max_cpu_loras", self.max_cpu_loras)
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise _bad("max_cpu_loras", f"at least max_loras={self.max_loras}", self.max_cpu_loras)
+        if self.enable_lora:
+            raise NotSupportedError("enable_lora=True: LoRA adapters are not supported yet")
         if self.max_num_batched_tokens is not None:
             if self.max_num_batched_tokens < self.max_num_seqs:
                 raise _bad(

@@ -43,7 +43,19 @@ _GENERATE_SKIP = (
 )  # fmt: skip
 # Engine fields that accept only their default today (anything else raises "not
 # supported"): offering them as flags would promise what corral does not do.
-_ENGINE_SKIP = ("model", "tensor_parallel_size", "worker_use_ray", "engine_use_ray")
+_ENGINE_SKIP = (
+    "model",
+    "tensor_parallel_size",
+    "data_parallel_size",
+    "distributed_executor_backend",
+    "ray_address",
+    "worker_use_ray",
+    "engine_use_ray",
+    "enable_lora",
+    "max_loras",
+    "max_lora_rank",
+    "max_cpu_loras",
+)
 _BENCHMARKS = ("throughput", "serving")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
