@@ -162,10 +162,14 @@ class Sampler:
     def _constrain(logits: torch.Tensor, picked: list[SampleRow], indices: list[int]) -> None:
         """``allowed_token_ids``, bad words and ``logit_bias`` of the rows ``indices``
         (their `SampleRow`s are ``picked``), in vLLM's order, one batched edit each."""
-        allowed = [(i, r.params.allowed_token_ids) for i, r in zip(indices, picked, strict=True)]
-        allowed_rows = [(i, ids) for i, ids in allowed if ids is not None]
+        allowed_rows: list[int] = []
+        allowed: list[tuple[int, ...]] = []
+        for i, row in zip(indices, picked, strict=True):
+            if row.params.allowed_token_ids is not None:
+                allowed_rows.append(i)
+                allowed.append(row.params.allowed_token_ids)
         if allowed_rows:
-            mask_disallowed_(logits, [i for i, _ in allowed_rows], [ids for _, ids in allowed_rows])
+            mask_disallowed_(logits, allowed_rows, allowed)
         ban_rows: list[int] = []
         ban_ids: list[int] = []
         bias_rows: list[int] = []
