@@ -81,8 +81,9 @@ def _prepare(ctx: ServingContext, request: CompletionRequest) -> list[_Prompt]:
         encoded = ctx.encode(prompt)
         try:
             token_ids = request.truncate(encoded, ctx.max_model_len)
-            text = prompt
-            if not isinstance(prompt, str) or len(token_ids) < len(encoded):
+            if isinstance(prompt, str) and len(token_ids) == len(encoded):
+                text = prompt
+            else:
                 text = ctx.tokenizer.decode(token_ids)
             if request.scoring_only:
                 # Nothing is generated, so the whole context may hold the prompt.
