@@ -23,7 +23,7 @@ from corral._engine.reporting import RequestLogger, StatsLogger
 from corral._engine.stream import RequestState, RequestStream
 from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
-from corral.core.validation import validate_request
+from corral.core.validation import check_sampling_params, validate_request
 from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
@@ -188,6 +188,7 @@ class AsyncEngine:
         self._loop.reap_orphans()
         if request_id in self._loop.live:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
+        check_sampling_params(sampling_params)
         token_ids = self._prompt_token_ids(
             prompt, prompt_token_ids, sampling_params.truncate_prompt_tokens
         )

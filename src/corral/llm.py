@@ -9,7 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from corral.config import EngineArgs
-from corral.core.validation import validate_request
+from corral.core.validation import check_sampling_params, validate_request
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.tokenization import bind_bad_words, encode_prompt
@@ -66,7 +66,7 @@ class LLM:
         texts, id_lists = _normalize_prompts(prompts, prompt_token_ids)
         num_requests = len(texts) if texts is not None else len(id_lists or [])
         params = [
-            bind_bad_words(self.tokenizer, p)
+            bind_bad_words(self.tokenizer, check_sampling_params(p))
             for p in _normalize_params(sampling_params, num_requests)
         ]
         if any(p.structured_outputs is not None for p in params):

@@ -13,6 +13,18 @@ from corral.config import CoreConfig
 from corral.sampling_params import SamplingParams
 
 
+def check_sampling_params(params: object) -> SamplingParams:
+    """``params`` itself when it is a `SamplingParams` (front doors call this before
+    reading its fields to tokenize).
+
+    Raises:
+        ValueError: it is something else.
+    """
+    if not isinstance(params, SamplingParams):
+        raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+    return params
+
+
 def validate_request(
     config: CoreConfig,
     prompt_token_ids: Sequence[int],
@@ -38,8 +50,7 @@ def validate_request(
             tokenized, or ``truncate_prompt_tokens`` above ``max_model_len`` or not
             applied to the prompt.
     """
-    if not isinstance(params, SamplingParams):
-        raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+    check_sampling_params(params)
     num_tokens = len(prompt_token_ids)
     if not num_tokens:
         raise ValueError("prompt_token_ids must hold at least one token, got []")
