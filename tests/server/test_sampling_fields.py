@@ -14,7 +14,7 @@ import pytest
 from corral.llm import LLM
 from corral.sampling_params import SamplingParams
 from tests.server.server_helpers import MAX_MODEL_LEN, SERVED_NAME, ServerProcess, open_app
-from tests.server.test_server_app import assert_error
+from tests.server.test_server_app import assert_error, sse_events
 
 GREEDY = {"temperature": 0, "max_tokens": 5, "ignore_eos": True}
 CHAT = [{"role": "user", "content": "Tell me a story"}]
@@ -121,3 +121,20 @@ def test_echo_with_max_tokens_zero_without_logprobs_echoes_only(client: openai.O
     result = client.completions.create(model=SERVED_NAME, prompt="Once", max_tokens=0, echo=True)
     assert result.choices[0].text == "Once"
     assert result.choices[0].logprobs is None
+
+
+@pytest.mark.anyio
+async def test_streamed_scoring_equals_the_whole_answer(tiny_model: Path) -> None:
+    async with open_app(tiny_model) as (client, _):
+        body = {"prompt": "Once upon a time", "max_tokens": 0, "echo": True, "logprobs": 2}
+        whole = (await client.post("/v1/completions", json=body)).json()["choices"][0]
+        streamed = await client.post("/v1/completions", json={**body, "stream": True})
+        events = sse_events(streamed.text)
+        assert events[-1] == "[DONE]"
+        chunks = [e["choices"][0] for e in events[:-1]]
+        assert "".join(c["text"] for c in chunks) == whole["text"] == "Once upon a time"
+        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        logprobs = [lp for c in chunks if c["logprobs"] for lp in c["logprobs"]["token_logprobs"]]
+        assert tokens == whole["logprobs"]["tokens"]
+        assert logprobs == whole["logprobs"]["token_logprobs"]
+        assert chunks[-1]["finish_reason"] == "length"
