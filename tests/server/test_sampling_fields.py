@@ -138,3 +138,17 @@ async def test_streamed_scoring_equals_the_whole_answer(tiny_model: Path) -> Non
         assert tokens == whole["logprobs"]["tokens"]
         assert logprobs == whole["logprobs"]["token_logprobs"]
         assert chunks[-1]["finish_reason"] == "length"
+
+
+@pytest.mark.anyio
+async def test_use_beam_search_reaches_the_sampling_params(tiny_model: Path) -> None:
+    # Answered by SamplingParams: results where this build has beam search, else its
+    # NotSupportedError as a 400; never a server error.
+    async with open_app(tiny_model) as (client, _):
+        body = {"prompt": "Once", "max_tokens": 3, "temperature": 0, "best_of": 2}
+        response = await client.post("/v1/completions", json={**body, "use_beam_search": True})
+        if response.status_code == 400:
+            assert "beam search is not supported" in response.json()["error"]["message"]
+        else:
+            assert response.status_code == 200, response.text
+            assert len(response.json()["choices"]) == 1
