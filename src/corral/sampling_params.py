@@ -114,21 +114,6 @@ class SamplingParams:
         seed: Makes sampling reproducible: a seeded request's samples do not depend on
             the batch it runs in.
         use_beam_search: Beam search is not supported yet; True raises NotSupportedError.
-        logit_bias: Added to the logits of the given token ids before penalties and
-            sampling (OpenAI's ``logit_bias``). Keys may be ints or strings of ints;
-            each bias is clamped to [-100, 100] (as vLLM does); -100 in effect bans a
-            token, 100 in effect forces it. Every token id must be in the vocabulary.
-        allowed_token_ids: Only these token ids may be generated (every other logit is
-            set to -inf); None allows all. Must not be empty; ids must be in the vocabulary.
-        bad_words: Words that must not be generated. Each is tokenized twice, as it is
-            and with a leading space (as vLLM does, for a word at the start of the text
-            and one after a space; the spaced form only when it tokenizes to the same
-            number of tokens with a new first token); the last token of a word is banned
-            whenever the tokens generated so far end with the word's other tokens. The
-            front doors tokenize them (`corral.tokenization.bind_bad_words`).
-        truncate_prompt_tokens: Keep only the last k prompt tokens (left truncation),
-            applied when the prompt is tokenized; -1 means ``max_model_len``. None keeps
-            the whole prompt.
         stop: Strings that end the generation; the matched string is cut from the text
             unless ``include_stop_str_in_output``. Normalized to a tuple.
         stop_token_ids: Token ids that end the generation (the token stays in
@@ -154,6 +139,21 @@ class SamplingParams:
             ``ignore_eos`` or ``min_tokens``, since the grammar decides where it ends.
         output_kind: Cumulative snapshots, deltas or only the final output, for the
             async engine's streams (see `RequestOutputKind`).
+        logit_bias: Added to the logits of the given token ids before penalties and
+            sampling (OpenAI's ``logit_bias``). Keys may be ints or strings of ints;
+            each bias is clamped to [-100, 100] (as vLLM does); -100 in effect bans a
+            token, 100 in effect forces it. Every token id must be in the vocabulary.
+        allowed_token_ids: Only these token ids may be generated (every other logit is
+            set to -inf); None allows all. Must not be empty; ids must be in the vocabulary.
+        bad_words: Words that must not be generated. Each is tokenized twice, as it is
+            and with a leading space (as vLLM does, for a word at the start of the text
+            and one after a space; the spaced form only when it tokenizes to the same
+            number of tokens with a new first token); the last token of a word is banned
+            whenever the tokens generated so far end with the word's other tokens. The
+            front doors tokenize them (`corral.tokenization.bind_bad_words`).
+        truncate_prompt_tokens: Keep only the last k prompt tokens (left truncation),
+            applied when the prompt is tokenized; -1 means ``max_model_len``. None keeps
+            the whole prompt.
     """
 
     n: int = 1
