@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from corral.config import EngineArgs
 from corral.core.engine_core import EngineCore
 from corral.model.config import ModelConfig
@@ -56,10 +58,13 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
         num_host_blocks = blocks_for_memory(
             model_config, args.block_size, int(args.swap_space * 2**30)
         )
-    core_config = args.core_config(
-        num_kv_blocks=num_blocks,
-        num_host_blocks=num_host_blocks,
-        max_model_len=model_config.max_model_len,
+    core_config = attrs.evolve(
+        args.core_config(
+            num_kv_blocks=num_blocks,
+            num_host_blocks=num_host_blocks,
+            max_model_len=model_config.max_model_len,
+        ),
+        vocab_size=model_config.vocab_size,
     )
     kv_cache = PagedKVCache(model_config, args.block_size, num_blocks, num_host_blocks, device)
     sampler = Sampler(eos_token_ids, args.seed, device)

@@ -62,6 +62,9 @@ class CoreConfig:
             (copy its blocks to the host cache and back).
         watermark: Fraction of device blocks kept free when admitting work, so that a
             fresh admission does not force a preemption on the next step.
+        vocab_size: The model's vocabulary; token ids a request names (logit_bias,
+            allowed_token_ids, bad words) must lie below it. None skips that check
+            (a core without a model, e.g. `corral.testing`'s).
     """
 
     block_size: int = 16
@@ -74,6 +77,7 @@ class CoreConfig:
     enable_prefix_caching: bool = True
     preemption_mode: PreemptionMode = "recompute"
     watermark: float = 0.01
+    vocab_size: int | None = None
 
     def __attrs_post_init__(self) -> None:
         _positive("block_size", self.block_size)
@@ -86,6 +90,8 @@ class CoreConfig:
         _one_of("preemption_mode", self.preemption_mode, _PREEMPTION_MODES)
         if not 0.0 <= self.watermark < 1.0:
             raise _bad("watermark", "in [0, 1)", self.watermark)
+        if self.vocab_size is not None:
+            _positive("vocab_size", self.vocab_size)
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise _bad(
                 "max_num_batched_tokens",

@@ -23,11 +23,11 @@ from corral._engine.reporting import RequestLogger, StatsLogger
 from corral._engine.stream import RequestState, RequestStream
 from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
-from corral.core.validation import validate_request
+from corral.core.validation import check_sampling_params, validate_request
 from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
-from corral.tokenization import encode_prompt, validate_prompt
+from corral.tokenization import bind_bad_words, encode_prompt, truncate_prompt, validate_prompt
 
 if TYPE_CHECKING:
     from corral.model.config import ModelConfig
@@ -188,7 +188,11 @@ class AsyncEngine:
         self._loop.reap_orphans()
         if request_id in self._loop.live:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
-        token_ids = self._prompt_token_ids(prompt, prompt_token_ids)
+        check_sampling_params(sampling_params)
+        token_ids = self._prompt_token_ids(
+            prompt, prompt_token_ids, sampling_params.truncate_prompt_tokens
+        )
+        sampling_params = bind_bad_words(self._tokenizer, sampling_params)
         # The core would refuse these at its next step; saying so here is clearer.
         core = self._core
         error = validate_request(
@@ -307,7 +311,7 @@ class AsyncEngine:
             )
 
     def _prompt_token_ids(
-        self, prompt: str | None, prompt_token_ids: Sequence[int] | None
+        self, prompt: str | None, prompt_token_ids: Sequence[int] | None, truncate: int | None
     ) -> list[int]:
         config = self._model_config
         if prompt_token_ids is None and self._tokenizer is None:
@@ -324,12 +328,16 @@ class AsyncEngine:
                 None,
                 vocab_size=config.vocab_size,
                 max_model_len=config.max_model_len,
+                truncate_prompt_tokens=truncate,
             )
         if config is not None:
             return validate_prompt(
-                prompt_token_ids, vocab_size=config.vocab_size, max_model_len=config.max_model_len
+                prompt_token_ids,
+                vocab_size=config.vocab_size,
+                max_model_len=config.max_model_len,
+                truncate_prompt_tokens=truncate,
             )
-        return [int(t) for t in prompt_token_ids]
+        return truncate_prompt(prompt_token_ids, truncate, self._core.config.max_model_len)
 
 
 @asynccontextmanager

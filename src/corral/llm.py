@@ -9,10 +9,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from corral.config import EngineArgs
-from corral.core.validation import validate_request
+from corral.core.validation import check_sampling_params, validate_request
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
-from corral.tokenization import encode_prompt
+from corral.tokenization import bind_bad_words, encode_prompt
 
 
 class LLM:
@@ -65,7 +65,10 @@ class LLM:
         """
         texts, id_lists = _normalize_prompts(prompts, prompt_token_ids)
         num_requests = len(texts) if texts is not None else len(id_lists or [])
-        params = _normalize_params(sampling_params, num_requests)
+        params = [
+            bind_bad_words(self.tokenizer, check_sampling_params(p))
+            for p in _normalize_params(sampling_params, num_requests)
+        ]
         if any(p.structured_outputs is not None for p in params):
             params = self._bind_structured_outputs(params)
         encoded = [
@@ -75,6 +78,7 @@ class LLM:
                 id_lists[i] if id_lists is not None else None,
                 vocab_size=self.model_config.vocab_size,
                 max_model_len=self.model_config.max_model_len,
+                truncate_prompt_tokens=params[i].truncate_prompt_tokens,
             )
             for i in range(num_requests)
         ]

@@ -9,7 +9,8 @@ only ``best_of == 1``.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -51,6 +52,40 @@ def _to_int_tuple(value: Sequence[int] | None) -> tuple[int, ...]:
     return () if value is None else tuple(int(v) for v in value)
 
 
+def _to_str_tuple_unique(value: Sequence[str] | None) -> tuple[str, ...]:
+    # vLLM drops repeated bad words (keeping the first), so duplicates cost nothing.
+    return tuple(dict.fromkeys(_to_str_tuple(value)))
+
+
+def _to_optional_int_tuple(value: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+def _to_logit_bias(
+    value: Mapping[int, float] | Mapping[str, float] | None,
+) -> dict[int, float] | None:
+    """Token ids as ints (OpenAI sends them as strings), biases clamped to [-100, 100]."""
+    if value is None:
+        return None
+    invalid_keys = []
+    bias: dict[int, float] = {}
+    for token, amount in value.items():
+        try:
+            token_id = int(token)
+        except (TypeError, ValueError):
+            invalid_keys.append(token)
+            continue
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or math.isnan(amount):
+            raise _bad("logit_bias", "a mapping of token ids to numbers", dict(value))
+        bias[token_id] = min(100.0, max(-100.0, float(amount)))
+    if invalid_keys:
+        raise ValueError(
+            "logit_bias contains key(s) that cannot be converted to integer token IDs: "
+            f"{invalid_keys!r}"
+        )
+    return bias
+
+
 def _to_proc_tuple(value: Sequence[LogitsProcessor] | None) -> tuple[LogitsProcessor, ...]:
     return () if value is None else tuple(value)
 
@@ -86,7 +121,9 @@ class SamplingParams:
         include_stop_str_in_output: Keep the matched stop string in the text.
         ignore_eos: Keep generating past the end-of-sequence token.
         max_tokens: Upper bound on generated tokens per completion, >= 1; None means up
-            to the model's context length.
+            to the model's context length. 0 scores the prompt without generating:
+            allowed only with ``prompt_logprobs`` and ``n == best_of == 1``; the output
+            holds the prompt logprobs and no token (finish_reason "length").
         min_tokens: Stop conditions (EOS, stop tokens, stop strings) are ignored until
             this many tokens were generated.
         logprobs: Return the log-probabilities of the chosen token plus this many most
@@ -102,6 +139,21 @@ class SamplingParams:
             ``ignore_eos`` or ``min_tokens``, since the grammar decides where it ends.
         output_kind: Cumulative snapshots, deltas or only the final output, for the
             async engine's streams (see `RequestOutputKind`).
+        logit_bias: Added to the logits of the given token ids before penalties and
+            sampling (OpenAI's ``logit_bias``). Keys may be ints or strings of ints;
+            each bias is clamped to [-100, 100] (as vLLM does); -100 in effect bans a
+            token, 100 in effect forces it. Every token id must be in the vocabulary.
+        allowed_token_ids: Only these token ids may be generated (every other logit is
+            set to -inf); None allows all. Must not be empty; ids must be in the vocabulary.
+        bad_words: Words that must not be generated. Each is tokenized twice, as it is
+            and with a leading space (as vLLM does, for a word at the start of the text
+            and one after a space; the spaced form only when it tokenizes to the same
+            number of tokens with a new first token); the last token of a word is banned
+            whenever the tokens generated so far end with the word's other tokens. The
+            front doors tokenize them (`corral.tokenization.bind_bad_words`).
+        truncate_prompt_tokens: Keep only the last k prompt tokens (left truncation),
+            applied when the prompt is tokenized; -1 means ``max_model_len``. None keeps
+            the whole prompt.
     """
 
     n: int = 1
@@ -131,6 +183,17 @@ class SamplingParams:
     )
     structured_outputs: StructuredOutputsParams | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    logit_bias: dict[int, float] | None = attrs.field(default=None, converter=_to_logit_bias)
+    allowed_token_ids: tuple[int, ...] | None = attrs.field(
+        default=None, converter=_to_optional_int_tuple
+    )
+    bad_words: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple_unique)
+    truncate_prompt_tokens: int | None = None
+    # The token ids of bad_words (each word and its leading-space form), set by
+    # `corral.tokenization.bind_bad_words`; None until then.
+    _bad_words_token_ids: tuple[tuple[int, ...], ...] | None = attrs.field(
+        default=None, alias="_bad_words_token_ids", repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.best_of is None:
@@ -146,6 +209,11 @@ class SamplingParams:
             object.__setattr__(self, "min_p", 0.0)
             if self.best_of != 1:
                 raise _bad("best_of", "1 when using greedy sampling (temperature 0)", self.best_of)
+
+    @property
+    def bad_words_token_ids(self) -> tuple[tuple[int, ...], ...] | None:
+        """The tokenized ``bad_words``; None until a front door tokenized them."""
+        return self._bad_words_token_ids
 
     @property
     def greedy(self) -> bool:
@@ -173,7 +241,7 @@ class SamplingParams:
         if not 0.0 <= self.min_p <= 1.0:
             raise _bad("min_p", "in [0, 1]", self.min_p)
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise _bad("max_tokens", "at least 1 or None", self.max_tokens)
+            self._verify_scoring_only()
         if self.min_tokens < 0:
             raise _bad("min_tokens", "non-negative", self.min_tokens)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
@@ -190,7 +258,43 @@ class SamplingParams:
             raise _bad("output_kind", "a RequestOutputKind", self.output_kind)
         if not all(callable(p) for p in self.logits_processors):
             raise _bad("logits_processors", "callables", self.logits_processors)
+        self._verify_token_constraints()
         self._verify_structured_outputs()
+
+    def _verify_scoring_only(self) -> None:
+        """``max_tokens=0``: the prompt is only scored (prompt logprobs, no token)."""
+        if self.max_tokens != 0:
+            raise _bad(
+                "max_tokens", "at least 1, 0 (score the prompt only) or None", self.max_tokens
+            )
+        if self.prompt_logprobs is None:
+            raise _bad(
+                "max_tokens",
+                "at least 1 unless prompt_logprobs is set (0 scores the prompt only)",
+                self.max_tokens,
+            )
+        if self.best_of != 1:
+            raise _bad("best_of", "1 with max_tokens=0 (nothing is sampled)", self.best_of)
+
+    def _verify_token_constraints(self) -> None:
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise ValueError("allowed_token_ids is not None and empty!")
+        if self.allowed_token_ids is not None and min(self.allowed_token_ids) < 0:
+            raise ValueError("allowed_token_ids contains out-of-vocab token id!")
+        if any(not word for word in self.bad_words):
+            raise ValueError(
+                f"bad_words cannot contain an empty string. Got bad_words={list(self.bad_words)}"
+            )
+        truncate = self.truncate_prompt_tokens
+        if truncate is not None and (
+            isinstance(truncate, bool)
+            or not isinstance(truncate, int)
+            or truncate == 0
+            or truncate < -1
+        ):
+            raise ValueError(
+                f"truncate_prompt_tokens must be an integer >= 1 or -1, got {truncate}"
+            )
 
     def _verify_structured_outputs(self) -> None:
         structured = self.structured_outputs

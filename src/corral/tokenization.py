@@ -38,10 +38,55 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def validate_prompt(
-    prompt_token_ids: Sequence[int], *, vocab_size: int, max_model_len: int
+def truncate_prompt(
+    prompt_token_ids: Sequence[int], truncate_prompt_tokens: int | None, max_model_len: int
 ) -> list[int]:
-    """Check a prompt's token ids against the model and return them as a list.
+    """The last ``truncate_prompt_tokens`` tokens of a prompt (-1: ``max_model_len``),
+    as vLLM truncates; the whole prompt when None or when it is short enough."""
+    ids = [int(t) for t in prompt_token_ids]
+    if truncate_prompt_tokens is None:
+        return ids
+    keep = max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens
+    return ids[-keep:] if len(ids) > keep else ids
+
+
+def bind_bad_words(tokenizer: Any, params: SamplingParams) -> SamplingParams:
+    """``params`` with its ``bad_words`` tokenized (vLLM's ``update_from_tokenizer``).
+
+    Each word is tokenized without special tokens as it is (leading spaces stripped)
+    and with one leading space, so that it is banned both at the start of the text
+    and after a space; the spaced form is kept only when it has as many tokens as the
+    plain one and a different first token (otherwise it is the same word, or a
+    tokenizer that merges the space differently, and banning it would over-reach).
+
+    Raises:
+        ValueError: a word that tokenizes to nothing, or no tokenizer for bad words.
+    """
+    if not params.bad_words or params.bad_words_token_ids is not None:
+        return params
+    if tokenizer is None:
+        raise ValueError("bad_words: tokenizing them needs a tokenizer; this engine has none")
+    token_ids: list[tuple[int, ...]] = []
+    for word in params.bad_words:
+        plain = tuple(tokenizer.encode(word.lstrip(), add_special_tokens=False))
+        if not plain:
+            raise ValueError(f"bad_words: {word!r} tokenizes to no token")
+        token_ids.append(plain)
+        spaced = tuple(tokenizer.encode(" " + word.lstrip(), add_special_tokens=False))
+        if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+            token_ids.append(spaced)
+    return attrs.evolve(params, _bad_words_token_ids=tuple(token_ids))
+
+
+def validate_prompt(
+    prompt_token_ids: Sequence[int],
+    *,
+    vocab_size: int,
+    max_model_len: int,
+    truncate_prompt_tokens: int | None = None,
+) -> list[int]:
+    """Check a prompt's token ids against the model and return them as a list, cut to
+    its last ``truncate_prompt_tokens`` tokens first (see `truncate_prompt`).
 
     The async engine and the offline `LLM` both call this before adding a request.
 
@@ -49,7 +94,7 @@ def validate_prompt(
         ValueError: for an empty prompt, a token id outside ``[0, vocab_size)``, or a
             prompt longer than ``max_model_len``.
     """
-    ids = [int(t) for t in prompt_token_ids]
+    ids = truncate_prompt(prompt_token_ids, truncate_prompt_tokens, max_model_len)
     if not ids:
         raise ValueError("prompt: the prompt is empty (it needs at least one token)")
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
@@ -69,8 +114,10 @@ def encode_prompt(
     *,
     vocab_size: int,
     max_model_len: int,
+    truncate_prompt_tokens: int | None = None,
 ) -> list[int]:
-    """Token ids of a request given as text or as ids (exactly one), validated.
+    """Token ids of a request given as text or as ids (exactly one), validated (and
+    truncated: see `validate_prompt`).
 
     Text is tokenized with the tokenizer's special tokens (e.g. BOS), as vLLM does.
 
@@ -84,7 +131,12 @@ def encode_prompt(
             raise ValueError(f"prompt: expected a string, got {type(prompt).__name__}")
         prompt_token_ids = tokenizer(prompt).input_ids
     assert prompt_token_ids is not None
-    return validate_prompt(prompt_token_ids, vocab_size=vocab_size, max_model_len=max_model_len)
+    return validate_prompt(
+        prompt_token_ids,
+        vocab_size=vocab_size,
+        max_model_len=max_model_len,
+        truncate_prompt_tokens=truncate_prompt_tokens,
+    )
 
 
 @attrs.define

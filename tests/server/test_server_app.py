@@ -145,7 +145,7 @@ async def test_prompt_plus_max_tokens_beyond_context_is_400(tiny_model: Path) ->
             "/v1/completions",
             {"prompt": "x", "max_tokens": 0},
             "max_tokens",
-            "greater than or equal to 1",
+            "only allowed with echo=true",
         ),
         ("/v1/completions", {"prompt": "x", "max_token": 3}, "max_token", "Extra inputs"),
         ("/v1/completions", {"prompt": [1, 99999]}, "prompt", "outside the vocabulary"),

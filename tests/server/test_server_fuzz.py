@@ -55,7 +55,12 @@ SAMPLING = {
     "stream": st.booleans(),
     "stream_options": wild(st.fixed_dictionaries({"include_usage": st.booleans()})),
     "user": wild(st.text(max_size=5)),
-    "logit_bias": wild(st.just({})),
+    "logit_bias": wild(
+        st.dictionaries(st.sampled_from(["1", "7", "-1", "x", "99999"]), st.floats(-200, 200))
+    ),
+    "allowed_token_ids": wild(st.lists(st.integers(-1, 400), max_size=3)),
+    "bad_words": wild(st.lists(st.text(max_size=4), max_size=2)),
+    "truncate_prompt_tokens": wild(st.integers(-2, 300)),
     "include_stop_str_in_output": wild(st.booleans()),
     "skip_special_tokens": wild(st.booleans()),
     "spaces_between_special_tokens": wild(st.booleans()),
@@ -85,6 +90,9 @@ COMPLETION = {
     "echo": wild(st.booleans()),
     "logprobs": wild(st.integers(-1, 25)),
     "suffix": wild(st.just("")),
+    "use_beam_search": wild(st.booleans()),
+    "length_penalty": wild(st.floats(-1, 2)),
+    "early_stopping": wild(st.sampled_from([True, False, "never"])),
 }
 MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "user", "assistant", "tool", "developer"])},

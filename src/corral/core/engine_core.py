@@ -195,7 +195,7 @@ class EngineCore:
         # the first pass reads of the other entries.
         # The scheduler only ever schedules our own Sequence objects.
         seqs = cast(list[Sequence], scheduler_output.seqs)
-        self._advance(seqs, scheduler_output.num_new_tokens, result, now)
+        self._advance(seqs, scheduler_output.num_new_tokens, result, now, changed)
         self._append_samples(seqs, scheduler_output.num_samples, result, now, changed)
 
     def _advance(
@@ -204,6 +204,7 @@ class EngineCore:
         num_new_tokens: list[int],
         result: ModelRunnerOutput,
         now: float,
+        changed: dict[Request, None],
     ) -> None:
         """Count each entry's new tokens as computed: offer newly full blocks to the
         prefix cache, and do the bookkeeping of prompt tokens."""
@@ -218,6 +219,11 @@ class EngineCore:
                 kv.cache_full_blocks(seq)
             if start < seq.num_prompt_tokens:
                 self._prefill_done(seq, start, end, result, now)
+                if end >= seq.num_prompt_tokens and seq.params.max_tokens == 0:
+                    # Scoring only: the prompt logprobs are all there, nothing is sampled.
+                    seq.finish_reason = "length"
+                    self.scheduler.remove(seq)
+                    changed[seq.request] = None
 
     def _append_samples(
         self,

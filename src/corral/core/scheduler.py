@@ -119,8 +119,10 @@ class Scheduler:
             slot_mapping.append(block_table[pos // bs] * bs + pos % bs)
         out.seqs.append(seq)
         out.num_new_tokens.append(num_new)
-        # A chunk that stops short of the known tokens samples nothing.
-        out.num_samples.append(0 if end < len(seq.token_ids) else self._seats(seq))
+        # A chunk that stops short of the known tokens samples nothing, nor does the
+        # prompt of a request that only scores it (max_tokens=0).
+        scoring_only = seq.params.max_tokens == 0
+        out.num_samples.append(0 if end < len(seq.token_ids) or scoring_only else self._seats(seq))
 
     def schedule(self) -> SchedulerOutput:
         """Pick this step's work; sequences' block tables grow to cover it."""

@@ -40,6 +40,7 @@ _GENERATE_SKIP = (
     "n", "best_of", "use_beam_search", "logprobs", "prompt_logprobs", "logits_processors", "seed",
     "structured_outputs",
     "output_kind",
+    "logit_bias", "_bad_words_token_ids",
 )  # fmt: skip
 # Engine fields that accept only their default today (anything else raises "not
 # supported"): offering them as flags would promise what corral does not do.

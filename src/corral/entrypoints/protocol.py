@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from corral.errors import NotSupportedError
 from corral.sampling_params import RequestOutputKind, SamplingParams
 from corral.structured_outputs import StructuredOutputsParams
+from corral.tokenization import truncate_prompt
 
 MAX_LOGPROBS = 20
 """Most alternatives per token a request may ask for (vLLM's default ``max_logprobs``)."""
@@ -92,7 +95,12 @@ class _SamplingRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # OpenAI's: token id strings -> bias, clamped to [-100, 100] as vLLM does.
     logit_bias: dict[str, float] | None = None
+    # vLLM's extra sampling fields.
+    allowed_token_ids: TokenIds | None = None
+    bad_words: list[str] | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
     response_format: ResponseFormat | None = None
     # vLLM's older structured-output fields.
     guided_json: str | dict[str, Any] | None = None
@@ -109,8 +117,6 @@ class _SamplingRequest(_Strict):
             raise ValueError(f"{given[1]}: only one of {', '.join(given)} may be given")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
-        if self.logit_bias:
-            raise NotImplementedField("logit_bias", "biasing logits")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise ValueError("seed: must fit in 64 bits")
         return self
@@ -143,6 +149,20 @@ class _SamplingRequest(_Strict):
         except ValueError as exc:
             raise ValueError(f"{field}: {exc}") from exc
 
+    def truncate(self, prompt_token_ids: list[int], max_model_len: int) -> list[int]:
+        """The prompt cut to its last ``truncate_prompt_tokens`` tokens (vLLM's rule).
+
+        Raises:
+            ValueError: ``truncate_prompt_tokens`` above ``max_model_len``.
+        """
+        truncate = self.truncate_prompt_tokens
+        if truncate is not None and truncate > max_model_len:
+            raise ValueError(
+                f"truncate_prompt_tokens value ({truncate}) is greater than max_model_len "
+                f"({max_model_len}). Please, select a smaller truncation size."
+            )
+        return truncate_prompt(prompt_token_ids, truncate, max_model_len)
+
     @property
     def include_usage(self) -> bool:
         """Whether a stream ends with a usage chunk."""
@@ -155,6 +175,7 @@ class _SamplingRequest(_Strict):
         default_temperature: float,
         logprobs: int | None,
         prompt_logprobs: int | None = None,
+        beam: dict[str, Any] | None = None,
     ) -> SamplingParams:
         """The engine's `SamplingParams` for this request.
 
@@ -164,9 +185,12 @@ class _SamplingRequest(_Strict):
             default_temperature: Temperature when the request gives none.
             logprobs: Alternatives per generated token, None for no logprobs.
             prompt_logprobs: Alternatives per prompt token (for ``echo``), None for none.
+            beam: Beam-search fields to pass on (``use_beam_search``, ``length_penalty``,
+                ``early_stopping``); only those the request set.
 
         Raises:
             ValueError: A value out of range; the message starts with the field's name.
+            NotSupportedError: A feature the engine does not have (answered 400).
         """
         temperature = default_temperature if self.temperature is None else self.temperature
         # SamplingParams resolves an absent best_of to n; None is not a value it takes.
@@ -193,6 +217,11 @@ class _SamplingRequest(_Strict):
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             structured_outputs=self.structured_outputs(),
+            logit_bias=self.logit_bias,
+            allowed_token_ids=self.allowed_token_ids,
+            bad_words=self.bad_words,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            **(beam or {}),
             # A stream is built from deltas (see entrypoints/assembly.py).
             output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.CUMULATIVE,
         )
@@ -211,15 +240,32 @@ class CompletionRequest(_SamplingRequest):
     """
 
     prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | list[TokenIds]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    # 0 only with echo: the legacy way to score a prompt (see `scoring_only`).
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     suffix: str | None = None
+    # vLLM's beam-search fields (the seed era's form).
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: bool | Literal["never"] = False
 
     @model_validator(mode="after")
     def _check_completion(self) -> CompletionRequest:
         if self.suffix:
             raise NotImplementedField("suffix", "inserting a suffix")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError(
+                "max_tokens: 0 generates nothing, so it is only allowed with echo=true "
+                "(which scores the prompt: the echoed prompt with its logprobs)"
+            )
+        if self.max_tokens == 0 and self.n != 1:
+            raise ValueError("n: scoring a prompt (max_tokens 0 with echo) needs n=1")
+        if self.use_beam_search and self.stream:
+            raise ValueError(
+                "use_beam_search: streaming is not supported with beam search (the beams are "
+                "only final at the end); send stream=false"
+            )
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt: must not be empty")
         if isinstance(self.prompt, list) and any(
@@ -227,6 +273,31 @@ class CompletionRequest(_SamplingRequest):
         ):
             raise ValueError("prompt: a token id list must not be empty")
         return self
+
+    @property
+    def scoring_only(self) -> bool:
+        """``max_tokens: 0`` with ``echo``: the prompt's logprobs, nothing generated."""
+        return self.max_tokens == 0
+
+    def beam_fields(self) -> dict[str, Any]:
+        """The beam-search fields the request set, for `sampling_params`.
+
+        Raises:
+            NotSupportedError: a field that this build's `SamplingParams` lacks (the
+                beam-search options arrive with beam search itself, issue 16).
+        """
+        fields: dict[str, Any] = {}
+        if self.use_beam_search:
+            fields["use_beam_search"] = True
+        if self.length_penalty != 1.0:
+            fields["length_penalty"] = self.length_penalty
+        if self.early_stopping is not False:
+            fields["early_stopping"] = self.early_stopping
+        known = attrs.fields_dict(SamplingParams)
+        missing = [name for name in fields if name not in known]
+        if missing:
+            raise NotSupportedError(f"{missing[0]}: beam search is not supported yet")
+        return fields
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as separate items: strings or token id lists."""

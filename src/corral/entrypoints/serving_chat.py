@@ -88,6 +88,10 @@ def _prepare(
 ) -> tuple[str, list[int], SamplingParams]:
     text = render_chat(ctx, request.messages, request.add_generation_prompt)
     token_ids = ctx.encode(text, add_special_tokens=False)
+    try:
+        token_ids = request.truncate(token_ids, ctx.max_model_len)
+    except ValueError as exc:
+        raise bad_request(exc) from exc
     max_tokens = ctx.max_tokens(request.requested_max_tokens, len(token_ids))
     try:
         params = request.sampling_params(

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
 from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
-from corral.entrypoints.errors import bad_request
+from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.protocol import CompletionRequest
 from corral.entrypoints.responses import (
     CompletionChoice,
@@ -73,16 +73,36 @@ class _LogprobWriter:
 
 def _prepare(ctx: ServingContext, request: CompletionRequest) -> list[_Prompt]:
     prompts = []
+    prompt_logprobs = request.logprobs if request.echo else None
+    if request.scoring_only and prompt_logprobs is None:
+        # The engine scores a prompt only when asked for its logprobs; none are shown.
+        prompt_logprobs = 0
     for prompt in request.prompts():
-        token_ids = ctx.encode(prompt)
-        text = prompt if isinstance(prompt, str) else ctx.tokenizer.decode(token_ids)
-        max_tokens = ctx.max_tokens(request.max_tokens, len(token_ids))
+        encoded = ctx.encode(prompt)
         try:
+            token_ids = request.truncate(encoded, ctx.max_model_len)
+            if isinstance(prompt, str) and len(token_ids) == len(encoded):
+                text = prompt
+            else:
+                text = ctx.tokenizer.decode(token_ids)
+            if request.scoring_only:
+                # Nothing is generated, so the whole context may hold the prompt.
+                max_tokens = 0
+                if len(token_ids) > ctx.max_model_len:
+                    raise APIError(
+                        400,
+                        f"prompt: {len(token_ids)} tokens are more than this model's maximum "
+                        f"context length of {ctx.max_model_len} tokens",
+                        "prompt",
+                    )
+            else:
+                max_tokens = ctx.max_tokens(request.max_tokens, len(token_ids))
             params = request.sampling_params(
                 max_tokens=max_tokens,
                 default_temperature=1.0,
                 logprobs=request.logprobs,
-                prompt_logprobs=request.logprobs if request.echo else None,
+                prompt_logprobs=prompt_logprobs,
+                beam=request.beam_fields(),
             )
         except ValueError as exc:
             raise bad_request(exc) from exc

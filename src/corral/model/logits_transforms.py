@@ -1,13 +1,69 @@
-"""Batched transformations of next-token logits: penalties and truncation masks.
+"""Batched transformations of next-token logits: token constraints, penalties and
+truncation masks.
 
-Each function takes float32 logits [rows, vocab] and per-row parameter tensors and
-returns new logits; a row whose parameter is neutral comes back unchanged. They run
-in the order vLLM and transformers use: penalties, temperature, top-k, top-p, min-p.
+Each function takes float32 logits [rows, vocab] and per-row parameters. Penalties
+and truncation return new logits, in which a row whose parameter is neutral comes
+back unchanged. The token constraints (``allowed_token_ids``, bad words,
+``logit_bias``) edit in place (their name ends in ``_``) and are given only the rows
+that use them, so that a batch where no row does pays nothing for them. They run in the order vLLM uses: allowed tokens, bad
+words, logit bias, penalties, temperature, top-k, top-p, min-p.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+
+def mask_disallowed_(
+    logits: torch.Tensor, rows: Sequence[int], allowed: Sequence[Sequence[int]]
+) -> None:
+    """Set every logit of row ``rows[i]`` to -inf except those of ``allowed[i]``."""
+    device = logits.device
+    keep = torch.zeros((len(rows), logits.shape[1]), dtype=torch.bool, device=device)
+    flat_rows = [i for i, ids in enumerate(allowed) for _ in ids]
+    flat_ids = [t for ids in allowed for t in ids]
+    keep[torch.tensor(flat_rows, device=device), torch.tensor(flat_ids, device=device)] = True
+    index = torch.tensor(rows, device=device)
+    logits[index] = logits[index].masked_fill(~keep, float("-inf"))
+
+
+def ban_tokens_(logits: torch.Tensor, rows: Sequence[int], token_ids: Sequence[int]) -> None:
+    """Set ``logits[rows[i], token_ids[i]]`` to -inf for every i (one scatter)."""
+    device = logits.device
+    logits[torch.tensor(rows, device=device), torch.tensor(token_ids, device=device)] = float(
+        "-inf"
+    )
+
+
+def add_logit_bias_(
+    logits: torch.Tensor, rows: Sequence[int], token_ids: Sequence[int], bias: Sequence[float]
+) -> None:
+    """Add ``bias[i]`` to ``logits[rows[i], token_ids[i]]`` for every i (one scatter)."""
+    device = logits.device
+    logits.index_put_(
+        (torch.tensor(rows, device=device), torch.tensor(token_ids, device=device)),
+        torch.tensor(bias, dtype=logits.dtype, device=device),
+        accumulate=True,
+    )
+
+
+def bad_word_bans(
+    bad_words_token_ids: Sequence[Sequence[int]], output_ids: Sequence[int]
+) -> list[int]:
+    """The tokens a sequence may not take next: each bad word's last token, when the
+    output so far ends with the word's other tokens (vLLM's rule; the prompt does
+    not count)."""
+    banned = []
+    num_output = len(output_ids)
+    for word in bad_words_token_ids:
+        prefix_len = len(word) - 1
+        if prefix_len > num_output:
+            continue
+        if prefix_len == 0 or list(output_ids[num_output - prefix_len :]) == list(word[:-1]):
+            banned.append(word[-1])
+    return banned
 
 
 def token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:

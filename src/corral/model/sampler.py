@@ -10,9 +10,13 @@ import torch
 from corral import ops
 from corral.core.interface import Logprobs
 from corral.model.logits_transforms import (
+    add_logit_bias_,
     apply_min_p,
     apply_penalties,
     apply_top_k_top_p,
+    bad_word_bans,
+    ban_tokens_,
+    mask_disallowed_,
     token_counts,
 )
 from corral.sampling_params import SamplingParams
@@ -68,9 +72,9 @@ class Sampler:
 
     A call runs in three phases, each doing only the work some row asked for:
 
-    1. per-row logits processing (logits processors, penalties, the ``min_tokens``
-       EOS mask): a row that needs none is not touched, and the logits are not
-       copied when no row needs any;
+    1. per-row logits processing (``allowed_token_ids``, bad words, ``logit_bias``,
+       logits processors, penalties, the ``min_tokens`` EOS mask): a row that needs
+       none is not touched, and the logits are not copied when no row needs any;
     2. choosing: greedy rows take their argmax; the other rows alone are scaled by
        their temperature, truncated (top-k / top-p, min-p only on the rows that set
        them) and drawn;
@@ -112,6 +116,15 @@ class Sampler:
                 processed = logits.clone()
             return processed
 
+        constrained = [
+            i
+            for i, row in enumerate(rows)
+            if row.params.logit_bias
+            or row.params.allowed_token_ids is not None
+            or row.params.bad_words_token_ids
+        ]
+        if constrained:
+            self._constrain(writable(), [rows[i] for i in constrained], constrained)
         for index, row in enumerate(rows):
             for processor in row.params.logits_processors:
                 out = writable()
@@ -144,6 +157,38 @@ class Sampler:
                 if stop_ids:
                     writable()[index, sorted(stop_ids)] = float("-inf")
         return logits if processed is None else processed
+
+    @staticmethod
+    def _constrain(logits: torch.Tensor, picked: list[SampleRow], indices: list[int]) -> None:
+        """``allowed_token_ids``, bad words and ``logit_bias`` of the rows ``indices``
+        (their `SampleRow`s are ``picked``), in vLLM's order, one batched edit each."""
+        allowed_rows: list[int] = []
+        allowed: list[tuple[int, ...]] = []
+        for i, row in zip(indices, picked, strict=True):
+            if row.params.allowed_token_ids is not None:
+                allowed_rows.append(i)
+                allowed.append(row.params.allowed_token_ids)
+        if allowed_rows:
+            mask_disallowed_(logits, allowed_rows, allowed)
+        ban_rows: list[int] = []
+        ban_ids: list[int] = []
+        bias_rows: list[int] = []
+        bias_ids: list[int] = []
+        bias: list[float] = []
+        for i, row in zip(indices, picked, strict=True):
+            bad_words = row.params.bad_words_token_ids
+            if bad_words:
+                banned = bad_word_bans(bad_words, row.output_ids)
+                ban_rows.extend([i] * len(banned))
+                ban_ids.extend(banned)
+            if row.params.logit_bias:
+                bias_rows.extend([i] * len(row.params.logit_bias))
+                bias_ids.extend(row.params.logit_bias)
+                bias.extend(row.params.logit_bias.values())
+        if ban_ids:
+            ban_tokens_(logits, ban_rows, ban_ids)
+        if bias_ids:
+            add_logit_bias_(logits, bias_rows, bias_ids, bias)
 
     def _choose(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
         """Phase 2: greedy rows by argmax, the others by a draw; int64 [rows]."""
