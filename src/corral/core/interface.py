@@ -119,6 +119,10 @@ class ModelRunnerOutput:
     top_logprobs: list[Logprobs | None] = attrs.field(factory=list)
     # seq_id -> prompt log-probabilities of the prompt tokens this chunk covered.
     prompt_logprobs: dict[int, list[Logprobs]] = attrs.field(factory=dict)
+    # Empty unless a beam search sequence sampled; then one entry per sampled token:
+    # for a beam search row its best (token id, logprob) pairs, best first (how many:
+    # `corral.beam_search.num_beam_candidates`, at least params.logprobs); else None.
+    beam_candidates: list[list[tuple[int, float]] | None] = attrs.field(factory=list)
 
 
 class ModelRunner(Protocol):
