@@ -7,14 +7,19 @@ the seed era's. docs/beam_search.md describes the semantics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from corral.outputs import FinishReason, Logprobs
 
 
-def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
+def _at_least(minimum: int) -> Callable[[object, attrs.Attribute[int], int], None]:
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be at least {minimum}, got {value!r}")
+
+    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -22,7 +27,8 @@ class BeamSearchParams:
     """Parameters of `LLM.beam_search` (vLLM's ``BeamSearchParams``).
 
     Attributes:
-        beam_width: Number of beams kept at each step, and of sequences returned.
+        beam_width: Number of beams kept at each step, and of sequences returned;
+            at least 2 (one beam is greedy decoding: ``SamplingParams(temperature=0)``).
         max_tokens: Upper bound on generated tokens per sequence.
         ignore_eos: Keep generating past the end-of-sequence token.
         temperature: Must be 0: corral ranks beams by the model's log-probabilities
@@ -32,8 +38,8 @@ class BeamSearchParams:
         include_stop_str_in_output: Keep the end-of-sequence token's text in ``text``.
     """
 
-    beam_width: int = attrs.field(validator=_positive)
-    max_tokens: int = attrs.field(validator=_positive)
+    beam_width: int = attrs.field(validator=_at_least(2))
+    max_tokens: int = attrs.field(validator=_at_least(1))
     ignore_eos: bool = False
     temperature: float = 0.0
     length_penalty: float = 1.0
