@@ -145,3 +145,21 @@ async def test_async_engine_gives_beam_search_its_final_output_only(
     assert len(seen) == 1 and seen[0].finished
     assert_same_beams(hypotheses(want, 1.0), hypotheses(seen[0], 1.0), context=kind.name)
     assert [c.text for c in seen[0].outputs] == [c.text for c in want.outputs]
+
+
+def test_an_aborted_beam_search_ends_with_its_live_beams_and_frees_them(
+    beam_zoo: ModelZoo,
+) -> None:
+    core = beam_zoo.llm("llama").engine_core
+    prompt = beam_zoo.tokenizer.encode("The quick brown fox")
+    core.add_request("aborted", prompt, SamplingParams(**{**BEAM, "max_tokens": 20}))
+    for _ in range(4):
+        assert core.step() == []  # a beam search outputs nothing until it ends
+    core.abort_request("aborted")
+    (output,) = core.step()
+    assert output.finished and len(output.outputs) == BEAM["n"]
+    assert {c.finish_reason for c in output.outputs} == {"abort"}
+    assert all(len(c.token_ids) == 4 for c in output.outputs)  # one per step
+    stats = core.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks
+    assert not core.has_unfinished_requests()

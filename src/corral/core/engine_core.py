@@ -257,6 +257,7 @@ class EngineCore:
         top_logprobs = result.top_logprobs
         beam_candidates = result.beam_candidates
         beam_rows: dict[Request, list[tuple[Sequence, Candidates]]] = {}
+        num_duplicates = 0
         k = 0
         for seq, count in zip(seqs, num_samples, strict=True):
             if not count:
@@ -264,6 +265,7 @@ class EngineCore:
             if beam_candidates and (candidates := beam_candidates[k]) is not None:
                 # A beam's first step samples best_of identical rows; one is enough.
                 beam_rows.setdefault(seq.request, []).append((seq, candidates))
+                num_duplicates += count - 1
                 k += count
                 continue
             if count == 1:
@@ -283,7 +285,7 @@ class EngineCore:
                 metrics.first_token_time = now
             metrics.last_token_time = now
             changed[request] = None
-        self._num_generation_tokens += k
+        self._num_generation_tokens += k - num_duplicates
         if beam_rows:
             self._beam_steps(beam_rows, now, changed)
 
