@@ -14,6 +14,7 @@ from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.structured_outputs import StructuredOutputsParams
 from tests.beam.helpers import assert_same_beams, hypotheses
+from tests.docs.doc_blocks import tagged
 from tests.model.zoo import ModelZoo
 
 BEAM = {"use_beam_search": True, "best_of": 3, "n": 2, "temperature": 0.0, "max_tokens": 8}
@@ -163,3 +164,15 @@ def test_an_aborted_beam_search_ends_with_its_live_beams_and_frees_them(
     stats = core.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
     assert not core.has_unfinished_requests()
+
+
+def test_the_docs_example_runs(beam_zoo: ModelZoo, capsys: pytest.CaptureFixture[str]) -> None:
+    block = tagged("beam_search.md")["fragment"]
+    namespace = {
+        "llm": beam_zoo.llm("llama"),
+        "SamplingParams": SamplingParams,
+        "BeamSearchParams": BeamSearchParams,
+    }
+    exec(compile(block.code, f"docs/beam_search.md:{block.line}", "exec"), namespace)
+    assert len(namespace["outputs"][0].outputs) == 2
+    assert len(capsys.readouterr().out.splitlines()) >= 4
