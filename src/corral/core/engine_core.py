@@ -59,6 +59,8 @@ class EngineCore:
         self._next_arrival = 0
         self._num_prompt_tokens = 0
         self._num_generation_tokens = 0
+        # Beam search requests with a beam that can never fit, to end after the step.
+        self._beam_errors: list[Request] = []
         self._beam = BeamSearcher(
             config,
             self.kv,
@@ -159,9 +161,10 @@ class EngineCore:
         if not scheduler_output.is_empty:
             result = self.runner.execute(scheduler_output)
             self._update(scheduler_output, result, now, changed)
-        for request in changed:
-            if request.beam is not None and request.error is not None:
+        if self._beam_errors:
+            for request in self._beam_errors:
                 self._abort_beams(request)
+            self._beam_errors = []
         return [self._output(request, now) for request in changed]
 
     def stats(self) -> EngineStats:
@@ -191,6 +194,8 @@ class EngineCore:
         seq.finish_reason = "abort"
         seq.request.error = error
         self._due[seq.request] = None
+        if seq.request.beam is not None:
+            self._beam_errors.append(seq.request)
 
     def _abort_beams(self, request: Request) -> None:
         """End a beam search whose beam could never fit (after the step: the scheduler
