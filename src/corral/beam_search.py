@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import attrs
 
+from corral.errors import NotSupportedError
 from corral.outputs import FinishReason, Logprobs
+from corral.sampling_params import RequestOutputKind, SamplingParams
 
 
 def _at_least(minimum: int) -> Callable[[object, attrs.Attribute[int], int], None]:
@@ -44,6 +46,31 @@ class BeamSearchParams:
     temperature: float = 0.0
     length_penalty: float = 1.0
     include_stop_str_in_output: bool = False
+
+    def to_sampling_params(self) -> SamplingParams:
+        """The engine core's form of the same search: ``best_of = n = beam_width``,
+        ``early_stopping="never"``, final output only.
+
+        Raises:
+            NotSupportedError: ``temperature > 0``.
+        """
+        if self.temperature > 0.0:
+            raise NotSupportedError(
+                "BeamSearchParams.temperature > 0: corral ranks beams by the model's "
+                "log-probabilities and does not sample them; use temperature=0"
+            )
+        return SamplingParams(
+            n=self.beam_width,
+            best_of=self.beam_width,
+            use_beam_search=True,
+            temperature=0.0,
+            max_tokens=self.max_tokens,
+            ignore_eos=self.ignore_eos,
+            length_penalty=self.length_penalty,
+            early_stopping="never",
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
 
 
 @attrs.define(kw_only=True)

@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 from corral.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from corral.config import EngineArgs
 from corral.core.validation import validate_request
-from corral.errors import NotSupportedError
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.tokenization import encode_prompt
@@ -104,9 +103,9 @@ class LLM:
     ) -> list[BeamSearchOutput]:
         """Beam search over each prompt (vLLM's ``LLM.beam_search``).
 
-        Runs the engine core's beam search (`SamplingParams` with
-        ``use_beam_search=True``, ``best_of = n = beam_width`` and
-        ``early_stopping="never"``): the beams of all prompts are batched together.
+        Runs the engine core's beam search
+        (`BeamSearchParams.to_sampling_params`); the beams of all prompts are
+        batched together.
 
         Args:
             prompts: Each a string, ``{"prompt": str}`` or ``{"prompt_token_ids": [...]}``.
@@ -121,11 +120,7 @@ class LLM:
             ValueError: a malformed prompt, or one `generate` would refuse.
             NotSupportedError: ``temperature > 0``.
         """
-        if params.temperature > 0.0:
-            raise NotSupportedError(
-                "BeamSearchParams.temperature > 0: corral ranks beams by the model's "
-                "log-probabilities and does not sample them; use temperature=0"
-            )
+        sampling_params = params.to_sampling_params()
         id_lists: list[list[int]] = []
         for prompt in prompts:
             if isinstance(prompt, str):
@@ -149,17 +144,6 @@ class LLM:
             )
         if not id_lists:
             return []
-        sampling_params = SamplingParams(
-            n=params.beam_width,
-            best_of=params.beam_width,
-            use_beam_search=True,
-            temperature=0.0,
-            max_tokens=params.max_tokens,
-            ignore_eos=params.ignore_eos,
-            length_penalty=params.length_penalty,
-            early_stopping="never",
-            include_stop_str_in_output=params.include_stop_str_in_output,
-        )
         results = self.generate(
             prompt_token_ids=id_lists, sampling_params=sampling_params, use_tqdm=use_tqdm
         )

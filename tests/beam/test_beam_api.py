@@ -176,3 +176,32 @@ def test_the_docs_example_runs(beam_zoo: ModelZoo, capsys: pytest.CaptureFixture
     exec(compile(block.code, f"docs/beam_search.md:{block.line}", "exec"), namespace)
     assert len(namespace["outputs"][0].outputs) == 2
     assert len(capsys.readouterr().out.splitlines()) >= 4
+
+
+@pytest.mark.anyio
+async def test_async_engine_beam_search_yields_the_final_beams(beam_zoo: ModelZoo) -> None:
+    params = BeamSearchParams(beam_width=3, max_tokens=8)
+    (want,) = beam_zoo.llm("llama").beam_search(["The quick brown fox"], params)
+    seen: list[RequestOutput] = []
+    with anyio.fail_after(60):
+        async with open_engine(
+            model=str(beam_zoo.path("llama")),
+            dtype="float32",
+            num_kv_blocks=256,
+            max_model_len=512,
+            log_requests=False,
+        ) as engine:
+            async with engine.beam_search("The quick brown fox", "b", params) as stream:
+                async for out in stream:
+                    seen.append(out)
+            with pytest.raises(NotSupportedError, match="temperature"):
+                engine.beam_search(
+                    "x", None, BeamSearchParams(beam_width=2, max_tokens=2, temperature=1.0)
+                )
+    assert len(seen) == 1 and seen[0].finished
+    prompt_len = len(seen[0].prompt_token_ids)
+    expected = [
+        (tuple(s.tokens[prompt_len:]), s.cum_logprob / (len(s.tokens) - prompt_len))
+        for s in want.sequences
+    ]
+    assert_same_beams(expected, hypotheses(seen[0], 1.0), context="async beam_search")
