@@ -60,8 +60,10 @@ def reference(beam_zoo: ModelZoo) -> list[RequestOutput]:
         {"preemption_mode": "recompute"},
         {"preemption_mode": "swap"},
         {"preemption_mode": "recompute", "enable_prefix_caching": True},
+        # Recomputed beams take several steps to prefill while their siblings wait.
+        {"preemption_mode": "recompute", "max_num_batched_tokens": 12, "max_num_seqs": 12},
     ],
-    ids=["recompute", "swap", "recompute-prefix-cache"],
+    ids=["recompute", "swap", "recompute-prefix-cache", "recompute-chunked"],
 )
 def test_preemption_and_a_tiny_cache_give_the_same_beams(
     beam_zoo: ModelZoo, reference: list[RequestOutput], engine_args: dict[str, Any]
