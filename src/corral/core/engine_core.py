@@ -199,7 +199,10 @@ class EngineCore:
 
     def _abort_beams(self, request: Request) -> None:
         """End a beam search whose beam could never fit (after the step: the scheduler
-        found it mid-schedule, when its siblings could not leave their queues)."""
+        found it mid-schedule, when its siblings could not leave their queues).
+
+        `validate_request` refuses beam groups the cache cannot hold, so this guards
+        an invariant: without it the siblings would wait for the lost beam forever."""
         for seq in request.seqs:
             if seq.status is not SeqStatus.FINISHED:
                 self.scheduler.remove(seq)

@@ -26,7 +26,7 @@ def validate_request(
     Returns:
         None when the request can run; else why it never can (a prompt longer than
         ``max_model_len`` or than the whole KV cache, ``best_of`` above
-        ``max_num_seqs``). The front doors raise this message as a ValueError; the
+        ``max_num_seqs``, a beam search whose beams cannot all fit in the cache). The front doors raise this message as a ValueError; the
         core accepts such a request and finishes it with finish_reason "abort".
 
     Raises:

@@ -86,7 +86,9 @@ class Sampler:
        them) and drawn;
     3. logprobs: the full log-softmax is computed only for the rows that asked for
        top logprobs; every other row gets its chosen token's raw logprob from one
-       read of its logits (`corral.ops.token_logprobs`).
+       read of its logits (`corral.ops.token_logprobs`);
+    4. beam search rows only: their best candidates by the log-softmax of their
+       processed logits (`SamplerOutput.beam_candidates`).
 
     Sampling uses the exponential race (argmax of ``p / E`` with ``E ~ Exp(1)``), which
     draws from ``p`` exactly and lets seeded rows take their noise from a private
