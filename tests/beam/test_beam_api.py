@@ -205,3 +205,31 @@ async def test_async_engine_beam_search_yields_the_final_beams(beam_zoo: ModelZo
         for s in want.sequences
     ]
     assert_same_beams(expected, hypotheses(seen[0], 1.0), context="async beam_search")
+
+
+def test_beams_share_the_prompt_blocks_and_copy_on_write(beam_zoo: ModelZoo) -> None:
+    core = beam_zoo.llm("llama", block_size=4).engine_core
+    prompt = beam_zoo.tokenizer.encode("The quick brown fox jumps over the lazy dog.")
+    assert len(prompt) % 4 != 0  # the last prompt block is partial, so shared and written
+    core.add_request("shared", prompt, SamplingParams(**{**BEAM, "best_of": 4, "max_tokens": 6}))
+    core.step()  # the prompt, then the first beam step forks it
+    beams = core._requests["shared"].seqs
+    assert len(beams) == 4
+    num_full = len(prompt) // 4
+    tables = [beam.block_table for beam in beams]
+    full_blocks = {tuple(table[:num_full]) for table in tables}
+    assert len(full_blocks) == 1
+    ref_counts = core.kv.pool.ref_counts
+    assert all(ref_counts[block] == 4 for block in tables[0][:num_full])
+    core.step()  # each beam writes its token into the shared partial block: copies
+    beams = core._requests["shared"].seqs
+    assert all(ref_counts[block] == 4 for block in tables[0][:num_full])
+    # Beams share the partial block exactly when they wrote the same token into it
+    # (a beam forked from another after the write shares its copy).
+    partial = {(beam.token_ids[len(prompt)], beam.block_table[num_full]) for beam in beams}
+    assert len({token for token, _ in partial}) == len({block for _, block in partial})
+    assert len(partial) == len({token for token, _ in partial})
+    while core.has_unfinished_requests():
+        core.step()
+    stats = core.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks
