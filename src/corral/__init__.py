@@ -39,6 +39,9 @@ from corral.structured_outputs import StructuredOutputsParams as StructuredOutpu
 
 if TYPE_CHECKING:
     from corral.async_llm_engine import AsyncLLMEngine as AsyncLLMEngine
+    from corral.beam_search import BeamSearchOutput as BeamSearchOutput
+    from corral.beam_search import BeamSearchParams as BeamSearchParams
+    from corral.beam_search import BeamSearchSequence as BeamSearchSequence
     from corral.engine import AsyncEngine as AsyncEngine
     from corral.engine import RequestStream as RequestStream
     from corral.engine import open_engine as open_engine
@@ -51,6 +54,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "AsyncEngine": "corral.engine",
     "AsyncLLMEngine": "corral.async_llm_engine",
+    "BeamSearchOutput": "corral.beam_search",
+    "BeamSearchParams": "corral.beam_search",
+    "BeamSearchSequence": "corral.beam_search",
     "LLM": "corral.llm",
     "RequestStream": "corral.engine",
     "open_engine": "corral.engine",
@@ -62,6 +68,9 @@ __all__ = [
     "AsyncEngine",
     "AsyncEngineArgs",
     "AsyncLLMEngine",
+    "BeamSearchOutput",
+    "BeamSearchParams",
+    "BeamSearchSequence",
     "CompletionOutput",
     "CorralError",
     "EngineArgs",

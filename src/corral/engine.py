@@ -21,6 +21,7 @@ from corral._concurrency import FirstError
 from corral._engine.loop import EngineLoop
 from corral._engine.reporting import RequestLogger, StatsLogger
 from corral._engine.stream import RequestState, RequestStream
+from corral.beam_search import BeamSearchParams
 from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
 from corral.core.validation import check_sampling_params, validate_request
@@ -250,6 +251,39 @@ class AsyncEngine:
             state.params = params
             self._loop.submit(state)
 
+    # --- beam search ---
+    def beam_search(
+        self,
+        prompt: str | dict[str, Any],
+        request_id: str | None,
+        params: BeamSearchParams,
+    ) -> RequestStream:
+        """Beam search (vLLM's ``beam_search``): the stream yields one `RequestOutput`,
+        the final one, whose outputs are the ``beam_width`` best sequences, best first.
+
+        Args:
+            prompt: A string, ``{"prompt": str}`` or ``{"prompt_token_ids": [...]}``.
+            request_id: As for `generate`.
+            params: The search (see `BeamSearchParams.to_sampling_params`).
+
+        Raises:
+            As `generate`, and NotSupportedError for ``params.temperature > 0``.
+        """
+        if isinstance(prompt, str):
+            prompt = {"prompt": prompt}
+        if not isinstance(prompt, dict) or len({"prompt", "prompt_token_ids"} & prompt.keys()) != 1:
+            raise ValueError(
+                "prompt: must be a string, {'prompt': str} or {'prompt_token_ids': [...]}, "
+                f"got {prompt!r}"
+            )
+        return self.generate(
+            prompt.get("prompt"),
+            params.to_sampling_params(),
+            request_id,
+            prompt_token_ids=prompt.get("prompt_token_ids"),
+        )
+
+    # --- end beam search ---
     async def abort(self, request_id: str) -> None:
         """Abort a request; a no-op for unknown or already finished ids.
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from corral.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from corral.config import EngineArgs
 from corral.core.validation import check_sampling_params, validate_request
 from corral.outputs import RequestOutput
@@ -97,6 +98,77 @@ class LLM:
             self.engine_core.add_request(request_id, ids, params[i], prompt=prompt_text)
         return self._run(order, use_tqdm)
 
+    # --- beam search ---
+    def beam_search(
+        self,
+        prompts: Sequence[str | dict[str, Any]],
+        params: BeamSearchParams,
+        use_tqdm: bool = False,
+    ) -> list[BeamSearchOutput]:
+        """Beam search over each prompt (vLLM's ``LLM.beam_search``).
+
+        Runs the engine core's beam search
+        (`BeamSearchParams.to_sampling_params`); the beams of all prompts are
+        batched together.
+
+        Args:
+            prompts: Each a string, ``{"prompt": str}`` or ``{"prompt_token_ids": [...]}``.
+            params: The search's parameters.
+            use_tqdm: Show a progress bar of finished prompts.
+
+        Returns:
+            Per prompt, its ``beam_width`` sequences, best first (by
+            ``cum_logprob / num_output_tokens ** length_penalty``).
+
+        Raises:
+            ValueError: a malformed prompt, or one `generate` would refuse.
+            NotSupportedError: ``temperature > 0``.
+        """
+        sampling_params = params.to_sampling_params()
+        id_lists: list[list[int]] = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                prompt = {"prompt": prompt}
+            if (
+                not isinstance(prompt, dict)
+                or len({"prompt", "prompt_token_ids"} & prompt.keys()) != 1
+            ):
+                raise ValueError(
+                    "prompts: each must be a string, {'prompt': str} or "
+                    f"{{'prompt_token_ids': [...]}}, got {prompt!r}"
+                )
+            id_lists.append(
+                encode_prompt(
+                    self.tokenizer,
+                    prompt.get("prompt"),
+                    prompt.get("prompt_token_ids"),
+                    vocab_size=self.model_config.vocab_size,
+                    max_model_len=self.model_config.max_model_len,
+                )
+            )
+        if not id_lists:
+            return []
+        results = self.generate(
+            prompt_token_ids=id_lists, sampling_params=sampling_params, use_tqdm=use_tqdm
+        )
+        return [
+            BeamSearchOutput(
+                [
+                    BeamSearchSequence(
+                        tokens=[*output.prompt_token_ids, *completion.token_ids],
+                        logprobs=list(completion.logprobs or []),
+                        cum_logprob=completion.cumulative_logprob,
+                        text=completion.text,
+                        finish_reason=completion.finish_reason,
+                        stop_reason=completion.stop_reason,
+                    )
+                    for completion in output.outputs
+                ]
+            )
+            for output in results
+        ]
+
+    # --- end beam search ---
     def _bind_structured_outputs(self, params: list[SamplingParams]) -> list[SamplingParams]:
         # Before any request is added: a grammar that does not compile leaves nothing
         # half-submitted. Equal constraints compile once (the compiler caches them).

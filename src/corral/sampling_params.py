@@ -113,7 +113,16 @@ class SamplingParams:
         min_p: Drop tokens less likely than ``min_p`` times the most likely one, in [0, 1].
         seed: Makes sampling reproducible: a seeded request's samples do not depend on
             the batch it runs in.
-        use_beam_search: Beam search is not supported yet; True raises NotSupportedError.
+        use_beam_search: Beam search (vLLM 0.3/0.4's form): ``best_of`` beams, of which
+            the ``n`` best finished hypotheses are returned. Needs ``temperature=0``,
+            ``best_of > 1`` and no ``top_p``/``top_k``/``min_p``; stop strings and
+            structured outputs are not supported with it (docs/beam_search.md).
+        length_penalty: Beam search only: a finished hypothesis scores
+            ``cumulative_logprob / num_output_tokens ** length_penalty``.
+        early_stopping: Beam search only: True stops once ``best_of`` hypotheses are
+            finished; False stops when the best running beam, at its current length,
+            cannot beat the worst finished one; "never" assumes the longest possible
+            length for that test when ``length_penalty > 0`` (transformers' semantics).
         stop: Strings that end the generation; the matched string is cut from the text
             unless ``include_stop_str_in_output``. Normalized to a tuple.
         stop_token_ids: Token ids that end the generation (the token stays in
@@ -168,6 +177,8 @@ class SamplingParams:
     min_p: float = 0.0
     seed: int | None = None
     use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
     stop: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     stop_token_ids: tuple[int, ...] = attrs.field(default=(), converter=_to_int_tuple)
     include_stop_str_in_output: bool = False
@@ -200,7 +211,9 @@ class SamplingParams:
             object.__setattr__(self, "best_of", self.n)
         self._verify_args()
         if self.use_beam_search:
-            raise NotSupportedError("use_beam_search=True: beam search is not supported yet")
+            self._verify_beam_search()
+            return
+        self._verify_non_beam_search()
         if self.temperature < _SAMPLING_EPS:
             # Greedy: truncation parameters have no effect, keep them neutral so that
             # a runner can test one flag instead of four.
@@ -296,6 +309,41 @@ class SamplingParams:
                 f"truncate_prompt_tokens must be an integer >= 1 or -1, got {truncate}"
             )
 
+    # --- beam search (vLLM 0.4's rules and messages) ---
+    def _verify_beam_search(self) -> None:
+        if self.best_of == 1:
+            raise ValueError(
+                f"best_of must be greater than 1 when using beam search. Got {self.best_of}."
+            )
+        if self.temperature > _SAMPLING_EPS:
+            raise ValueError("temperature must be 0 when using beam search.")
+        if self.top_p < 1.0 - _SAMPLING_EPS:
+            raise ValueError("top_p must be 1 when using beam search.")
+        if self.top_k != -1:
+            raise ValueError("top_k must be -1 when using beam search.")
+        if self.min_p > _SAMPLING_EPS:
+            raise ValueError("min_p must be 0 when using beam search.")
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(
+                f"early_stopping must be True, False, or 'never', got {self.early_stopping}."
+            )
+        if self.stop:
+            raise NotSupportedError("stop strings are not supported with beam search")
+        if self.structured_outputs is not None:
+            raise NotSupportedError("structured_outputs are not supported with beam search")
+
+    def _verify_non_beam_search(self) -> None:
+        if self.early_stopping is not False:
+            raise ValueError(
+                "early_stopping is not effective and must be False when not using beam search."
+            )
+        if not 1.0 - _SAMPLING_EPS <= self.length_penalty <= 1.0 + _SAMPLING_EPS:
+            raise ValueError(
+                "length_penalty is not effective and must be the default value of 1.0 "
+                "when not using beam search."
+            )
+
+    # --- end beam search ---
     def _verify_structured_outputs(self) -> None:
         structured = self.structured_outputs
         if structured is None:

@@ -65,9 +65,8 @@ def test_greedy_resets_truncation_parameters() -> None:
     assert (params.top_p, params.top_k, params.min_p) == (1.0, -1, 0.0)
 
 
-def test_beam_search_is_not_supported_yet() -> None:
-    with pytest.raises(NotSupportedError, match="beam search is not supported yet"):
-        SamplingParams(use_beam_search=True, best_of=2)
+def test_not_supported_error_is_a_not_implemented_error() -> None:
+    # Beam search, once refused with it, is supported now (tests/beam).
     assert issubclass(NotSupportedError, NotImplementedError)
     assert issubclass(NotSupportedError, CorralError)
 

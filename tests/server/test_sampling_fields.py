@@ -142,13 +142,20 @@ async def test_streamed_scoring_equals_the_whole_answer(tiny_model: Path) -> Non
 
 @pytest.mark.anyio
 async def test_use_beam_search_reaches_the_sampling_params(tiny_model: Path) -> None:
-    # Answered by SamplingParams: results where this build has beam search, else its
-    # NotSupportedError as a 400; never a server error.
     async with open_app(tiny_model) as (client, _):
         body = {"prompt": "Once", "max_tokens": 3, "temperature": 0, "best_of": 2}
         response = await client.post("/v1/completions", json={**body, "use_beam_search": True})
-        if response.status_code == 400:
-            assert "beam search is not supported" in response.json()["error"]["message"]
-        else:
-            assert response.status_code == 200, response.text
-            assert len(response.json()["choices"]) == 1
+        assert response.status_code == 200, response.text
+        assert len(response.json()["choices"]) == 1
+        response = await client.post(
+            "/v1/completions",
+            json={**body, "n": 2, "use_beam_search": True, "length_penalty": 0.5},
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["choices"]) == 2
+        # Beam search needs temperature 0: SamplingParams' message, as a 400.
+        response = await client.post(
+            "/v1/completions", json={**body, "temperature": 1.0, "use_beam_search": True}
+        )
+        assert response.status_code == 400
+        assert "temperature must be 0" in response.json()["error"]["message"]

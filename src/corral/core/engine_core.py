@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from corral.config import CoreConfig
+from corral.core.beam import BeamSearcher, Candidates
 from corral.core.interface import Detokenizer, ModelRunner, ModelRunnerOutput, SchedulerOutput
 from corral.core.kv_cache_manager import KVCacheManager
 from corral.core.outputs import build_output
@@ -58,6 +59,17 @@ class EngineCore:
         self._next_arrival = 0
         self._num_prompt_tokens = 0
         self._num_generation_tokens = 0
+        # Beam search requests with a beam that can never fit, to end after the step.
+        self._beam_errors: list[Request] = []
+        self._beam = BeamSearcher(
+            config,
+            self.kv,
+            self.scheduler,
+            detokenizer,
+            self.eos_token_ids,
+            self._new_seq_id,
+            self._append,
+        )
 
     def add_request(
         self,
@@ -149,6 +161,10 @@ class EngineCore:
         if not scheduler_output.is_empty:
             result = self.runner.execute(scheduler_output)
             self._update(scheduler_output, result, now, changed)
+        if self._beam_errors:
+            for request in self._beam_errors:
+                self._abort_beams(request)
+            self._beam_errors = []
         return [self._output(request, now) for request in changed]
 
     def stats(self) -> EngineStats:
@@ -178,6 +194,19 @@ class EngineCore:
         seq.finish_reason = "abort"
         seq.request.error = error
         self._due[seq.request] = None
+        if seq.request.beam is not None:
+            self._beam_errors.append(seq.request)
+
+    def _abort_beams(self, request: Request) -> None:
+        """End a beam search whose beam could never fit (after the step: the scheduler
+        found it mid-schedule, when its siblings could not leave their queues).
+
+        `validate_request` refuses beam groups the cache cannot hold, so this guards
+        an invariant: without it the siblings would wait for the lost beam forever."""
+        for seq in request.seqs:
+            if seq.status is not SeqStatus.FINISHED:
+                self.scheduler.remove(seq)
+                seq.finish_reason = "abort"
 
     def _update(
         self,
@@ -240,14 +269,27 @@ class EngineCore:
         sampled = result.sampled_token_ids
         sampled_logprobs = result.sampled_logprobs
         top_logprobs = result.top_logprobs
+        beam_candidates = result.beam_candidates
+        beam_rows: dict[Request, list[tuple[Sequence, Candidates]]] = {}
+        num_duplicates = 0
         k = 0
         for seq, count in zip(seqs, num_samples, strict=True):
             if not count:
+                continue
+            if beam_candidates and (candidates := beam_candidates[k]) is not None:
+                # A beam's first step samples best_of identical rows; one is enough.
+                beam_rows.setdefault(seq.request, []).append((seq, candidates))
+                num_duplicates += count - 1
+                k += count
                 continue
             if count == 1:
                 append(seq, sampled[k], sampled_logprobs[k], top_logprobs[k])
                 k += 1
             else:
+                if seq.request.beam is not None:
+                    raise RuntimeError(
+                        "the model runner gave no beam candidates for a beam search request"
+                    )
                 for target in self._fork(seq, count):
                     append(target, sampled[k], sampled_logprobs[k], top_logprobs[k])
                     k += 1
@@ -257,7 +299,25 @@ class EngineCore:
                 metrics.first_token_time = now
             metrics.last_token_time = now
             changed[request] = None
-        self._num_generation_tokens += k
+        self._num_generation_tokens += k - num_duplicates
+        if beam_rows:
+            self._beam_steps(beam_rows, now, changed)
+
+    def _beam_steps(
+        self,
+        beam_rows: dict[Request, list[tuple[Sequence, Candidates]]],
+        now: float,
+        changed: dict[Request, None],
+    ) -> None:
+        """Beam steps of the requests whose beams sampled; a beam search request
+        outputs nothing until it finishes (like vLLM's)."""
+        for request, rows in beam_rows.items():
+            metrics = request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            if self._beam.step(request, rows):
+                changed[request] = None
 
     def _prefill_done(
         self, seq: Sequence, start: int, end: int, result: ModelRunnerOutput, now: float

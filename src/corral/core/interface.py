@@ -17,8 +17,10 @@ the core updates them after `execute` returns.
 Sampling. ``num_samples[i]`` is 0 for a prefill chunk that does not reach the end of
 the known tokens, 1 for an ordinary sampling step, and ``params.best_of`` on the step
 that completes the prompt of a request with best_of > 1 (the core then forks the
-sequence: sample ``j`` goes to the child with ``seq_index == j``). Sampled tokens are
-flat over entries in batch order. Log-probabilities are of the model's raw
+sequence: sample ``j`` goes to the child with ``seq_index == j``). A beam search
+sequence (``params.use_beam_search``) samples like any other, and its rows also
+carry ``beam_candidates`` (on its first step, ``best_of`` identical rows; the core
+reads the first). Sampled tokens are flat over entries in batch order. Log-probabilities are of the model's raw
 distribution (log_softmax of the logits before temperature, penalties or
 truncation), like vLLM's default. A seeded request's sample for child ``j`` at output
 position ``k`` (``len(token_ids) - num_prompt_tokens`` before the sample) is a pure
@@ -119,6 +121,10 @@ class ModelRunnerOutput:
     top_logprobs: list[Logprobs | None] = attrs.field(factory=list)
     # seq_id -> prompt log-probabilities of the prompt tokens this chunk covered.
     prompt_logprobs: dict[int, list[Logprobs]] = attrs.field(factory=dict)
+    # Empty unless a beam search sequence sampled; then one entry per sampled token:
+    # for a beam search row its best (token id, logprob) pairs, best first (how many:
+    # `corral.beam_search.num_beam_candidates`, at least params.logprobs); else None.
+    beam_candidates: list[list[tuple[int, float]] | None] = attrs.field(factory=list)
 
 
 class ModelRunner(Protocol):

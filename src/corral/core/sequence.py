@@ -27,6 +27,7 @@ class Request:
 
     __slots__ = (
         "arrival_index",
+        "beam",
         "error",
         "metrics",
         "num_finished",
@@ -63,10 +64,29 @@ class Request:
         self.seqs: list[Sequence] = []
         self.num_finished = 0
         self.error: str | None = None
+        # While a beam search runs, ``seqs`` holds its live beams only.
+        self.beam = BeamState() if params.use_beam_search else None
 
     @property
     def finished(self) -> bool:
         return self.num_finished == len(self.seqs)
+
+
+class BeamState:
+    """A beam search request's state besides its live beams (see `corral.core.beam`)."""
+
+    __slots__ = ("finished", "improvable", "next_index")
+
+    def __init__(self) -> None:
+        # Finished hypotheses as (length-penalized score, sequence), best first; at
+        # most best_of of them. Their sequences hold no blocks and sit in no queue.
+        self.finished: list[tuple[float, Sequence]] = []
+        # transformers' early-stopping heuristic: False once no running beam can beat
+        # the worst finished hypothesis (then nothing more may finish).
+        self.improvable = True
+        # seq_index of the next forked beam: unique within the request, because the
+        # scheduler's queues order sequences by (arrival_index, seq_index).
+        self.next_index = 1
 
 
 class Sequence:

@@ -38,7 +38,7 @@ def validate_request(
     Returns:
         None when the request can run; else why it never can (a prompt longer than
         ``max_model_len`` or than the whole KV cache, ``best_of`` above
-        ``max_num_seqs``). The front doors raise this message as a ValueError; the
+        ``max_num_seqs``, a beam search whose beams cannot all fit in the cache). The front doors raise this message as a ValueError; the
         core accepts such a request and finishes it with finish_reason "abort".
 
     Raises:
@@ -75,6 +75,25 @@ def validate_request(
     if params.best_of > config.max_num_seqs:
         return (
             f"sampling_params.best_of={params.best_of} exceeds max_num_seqs={config.max_num_seqs}"
+        )
+    if params.use_beam_search:
+        return _beam_search_fits(config, num_tokens, params)
+    return None
+
+
+def _beam_search_fits(config: CoreConfig, num_tokens: int, params: SamplingParams) -> str | None:
+    """A beam group advances in lock step, so all its beams must fit in the cache at
+    once (counted without sharing, plus the admission watermark); otherwise a beam
+    could wait forever for room its own siblings hold."""
+    max_len = config.max_model_len + 1
+    if params.max_tokens is not None:
+        max_len = min(max_len, num_tokens + params.max_tokens)
+    need = params.best_of * -(-max_len // config.block_size) + config.watermark_blocks
+    if need > config.num_kv_blocks:
+        return (
+            f"beam search: {params.best_of} beams of up to {max_len} tokens need up to {need} "
+            f"KV blocks; the cache holds {config.num_kv_blocks} blocks of "
+            f"{config.block_size} tokens"
         )
     return None
 

@@ -37,7 +37,7 @@ from corral.sampling_params import SamplingParams
 # Sampling fields that make no sense for one completion streamed to a terminal, or
 # that have no command-line form; ``seed`` is the engine's option of the same name.
 _GENERATE_SKIP = (
-    "n", "best_of", "use_beam_search", "logprobs", "prompt_logprobs", "logits_processors", "seed",
+    "n", "best_of", "use_beam_search", "length_penalty", "early_stopping", "logprobs", "prompt_logprobs", "logits_processors", "seed",
     "structured_outputs",
     "output_kind",
     "logit_bias", "_bad_words_token_ids",

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from corral.errors import NotSupportedError
 from corral.sampling_params import RequestOutputKind, SamplingParams
 from corral.structured_outputs import StructuredOutputsParams
 from corral.tokenization import truncate_prompt
@@ -280,12 +278,9 @@ class CompletionRequest(_SamplingRequest):
         return self.max_tokens == 0
 
     def beam_fields(self) -> dict[str, Any]:
-        """The beam-search fields the request set, for `sampling_params`.
-
-        Raises:
-            NotSupportedError: a field that this build's `SamplingParams` lacks (the
-                beam-search options arrive with beam search itself, issue 16).
-        """
+        """The beam-search fields the request set, for `sampling_params` (which
+        checks them: ``length_penalty`` or ``early_stopping`` without beam search is a
+        400)."""
         fields: dict[str, Any] = {}
         if self.use_beam_search:
             fields["use_beam_search"] = True
@@ -293,10 +288,6 @@ class CompletionRequest(_SamplingRequest):
             fields["length_penalty"] = self.length_penalty
         if self.early_stopping is not False:
             fields["early_stopping"] = self.early_stopping
-        known = attrs.fields_dict(SamplingParams)
-        missing = [name for name in fields if name not in known]
-        if missing:
-            raise NotSupportedError(f"{missing[0]}: beam search is not supported yet")
         return fields
 
     def prompts(self) -> list[str | list[int]]:

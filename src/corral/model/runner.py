@@ -73,6 +73,7 @@ class TorchModelRunner:
             output.sampled_token_ids = sampled.token_ids
             output.sampled_logprobs = sampled.logprobs
             output.top_logprobs = sampled.top_logprobs
+            output.beam_candidates = sampled.beam_candidates
         if model_input.prompt_spans:
             output.prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], model_input)
         return output

@@ -8,6 +8,7 @@ import attrs
 import torch
 
 from corral import ops
+from corral.beam_search import num_beam_candidates
 from corral.core.interface import Logprobs
 from corral.model.logits_transforms import (
     add_logit_bias_,
@@ -58,13 +59,22 @@ class SampleRow:
     output_ids: Sequence[int]
 
 
+BeamCandidates = list[tuple[int, float]]
+"""A beam row's best next tokens and their log-probabilities, best first."""
+
+
 @attrs.define
 class SamplerOutput:
-    """Per row: the chosen token, its raw logprob, and the top logprobs when asked."""
+    """Per row: the chosen token, its raw logprob, and the top logprobs when asked.
+
+    ``beam_candidates`` is empty when no row is a beam search row; otherwise it has
+    one entry per row, None for the rows that are not.
+    """
 
     token_ids: list[int]
     logprobs: list[float]
     top_logprobs: list[Logprobs | None]
+    beam_candidates: list[BeamCandidates | None] = attrs.field(factory=list)
 
 
 class Sampler:
@@ -80,7 +90,9 @@ class Sampler:
        them) and drawn;
     3. logprobs: the full log-softmax is computed only for the rows that asked for
        top logprobs; every other row gets its chosen token's raw logprob from one
-       read of its logits (`corral.ops.token_logprobs`).
+       read of its logits (`corral.ops.token_logprobs`);
+    4. beam search rows only: their best candidates by the log-softmax of their
+       processed logits (`SamplerOutput.beam_candidates`).
 
     Sampling uses the exponential race (argmax of ``p / E`` with ``E ~ Exp(1)``), which
     draws from ``p`` exactly and lets seeded rows take their noise from a private
@@ -104,7 +116,13 @@ class Sampler:
         ids = token_ids.tolist()
         num_top = [row.params.logprobs for row in rows]
         chosen_logprobs, top = self._logprobs(logits, token_ids, ids, num_top)
-        return SamplerOutput(token_ids=ids, logprobs=chosen_logprobs, top_logprobs=top)
+        beam = [i for i, row in enumerate(rows) if row.params.use_beam_search]
+        return SamplerOutput(
+            token_ids=ids,
+            logprobs=chosen_logprobs,
+            top_logprobs=top,
+            beam_candidates=self._beam_candidates(processed, rows, beam) if beam else [],
+        )
 
     def _process(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
         """Phase 1: per-row edits of the logits; returns ``logits`` itself when none applies."""
@@ -275,6 +293,32 @@ class Sampler:
                 if entry is not None:
                     chosen_logprobs[i] = entry[ids[i]]
         return chosen_logprobs, top
+
+    def _beam_candidates(
+        self, processed: torch.Tensor, rows: Sequence[SampleRow], beam: list[int]
+    ) -> list[BeamCandidates | None]:
+        """Each beam row's best tokens by log-probability of its processed logits (as
+        transformers ranks beams): enough for a beam step (`num_beam_candidates`) and
+        for the top logprobs the request asked for."""
+        counts = []
+        for i in beam:
+            params = rows[i].params
+            stop_ids = set(params.stop_token_ids)
+            if not params.ignore_eos:
+                stop_ids.update(self.eos_token_ids)
+            counts.append(
+                max(num_beam_candidates(params.best_of, len(stop_ids)), params.logprobs or 0)
+            )
+        index = torch.tensor(beam, device=self.device)
+        logprobs = processed[index].log_softmax(dim=-1)
+        k_max = min(max(counts), logprobs.shape[1])
+        values, token_ids = logprobs.topk(k_max, dim=-1)
+        result: list[BeamCandidates | None] = [None] * len(rows)
+        for n, (i, count) in enumerate(zip(beam, counts, strict=True)):
+            result[i] = list(
+                zip(token_ids[n, :count].tolist(), values[n, :count].tolist(), strict=True)
+            )
+        return result
 
     def _column(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device)
