@@ -8,16 +8,23 @@ only new text; its last chunk carries the finish reason.
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from typing import Any, Literal
 
+import attrs
 import jinja2
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
 from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
 from corral.entrypoints.errors import APIError, bad_request
-from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage
+from corral.entrypoints.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ChatTool,
+    NamedToolChoice,
+)
 from corral.entrypoints.responses import (
     ChatChoice,
     ChatChunkChoice,
@@ -25,32 +32,69 @@ from corral.entrypoints.responses import (
     ChatCompletionResponse,
     ChatLogprobs,
     ChatMessageOut,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCallOut,
     TokenLogprob,
+    ToolCallOut,
     TopLogprob,
     UsageInfo,
     random_id,
 )
 from corral.entrypoints.serving import ServingContext, unless_disconnected
 from corral.entrypoints.sse import Emit, EventStreamResponse
+from corral.entrypoints.tool_parsers import ExtractedToolCalls, ToolCallStream, ToolParser
+from corral.entrypoints.tool_parsers.forced import (
+    NamedCallStream,
+    RequiredCallsStream,
+    extract_named,
+    extract_required,
+    required_schema,
+)
 from corral.outputs import Logprobs, RequestOutput
 from corral.sampling_params import SamplingParams
+from corral.structured_outputs import StructuredOutputsParams
+
+
+def _template_message(index: int, message: ChatMessage) -> dict[str, Any]:
+    # Few templates know OpenAI's newer "developer" role; it means "system".
+    role = "system" if message.role == "developer" else message.role
+    item: dict[str, Any] = {"role": role, "content": message.text()}
+    if message.tool_calls:
+        calls = []
+        for j, call in enumerate(message.tool_calls):
+            try:
+                # Templates write the arguments themselves (e.g. `| tojson`), as an object.
+                arguments = json.loads(call.function.arguments)
+            except ValueError as exc:
+                field = f"messages.{index}.tool_calls.{j}.function.arguments"
+                raise APIError(400, f"{field}: not valid JSON ({exc})", field) from exc
+            function = {"name": call.function.name, "arguments": arguments}
+            calls.append({"id": call.id, "type": "function", "function": function})
+        item["tool_calls"] = calls
+    if message.tool_call_id is not None:
+        item["tool_call_id"] = message.tool_call_id
+    return item
 
 
 def render_chat(
-    ctx: ServingContext, messages: list[ChatMessage], add_generation_prompt: bool
+    ctx: ServingContext,
+    messages: list[ChatMessage],
+    add_generation_prompt: bool,
+    tools: list[ChatTool] | None = None,
 ) -> str:
-    """The conversation as the model's chat template writes it (400 "messages" on failure)."""
+    """The conversation as the model's chat template writes it, with ``tools`` offered
+    to the template when given (400 "messages" on failure)."""
     if not getattr(ctx.tokenizer, "chat_template", None):
         raise APIError(400, "messages: the model's tokenizer has no chat template", "messages")
-    conversation = [
-        # Few templates know OpenAI's newer "developer" role; it means "system".
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in messages
-    ]
+    conversation = [_template_message(i, m) for i, m in enumerate(messages)]
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = [tool.model_dump(exclude_none=True) for tool in tools]
     try:
         text = ctx.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
         )
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         # Templates reject conversations they do not support (jinja's raise_exception).
@@ -83,10 +127,84 @@ def _logprobs(
     return ChatLogprobs(content=content)
 
 
+@attrs.frozen
+class _ToolReading:
+    """How a request's answer is read for tool calls: by the server's parser ("auto"),
+    as a forced array of calls ("required"), or as the arguments of one function."""
+
+    choice: Literal["auto", "required", "named"]
+    parser: ToolParser | None = None
+    name: str = ""
+
+    def extract(self, text: str) -> ExtractedToolCalls:
+        if self.choice == "auto":
+            assert self.parser is not None
+            return self.parser.extract(text)
+        if self.choice == "required":
+            return extract_required(text)
+        return extract_named(self.name, text)
+
+    def stream(self) -> ToolCallStream:
+        if self.choice == "auto":
+            assert self.parser is not None
+            return self.parser.stream()
+        if self.choice == "required":
+            return RequiredCallsStream()
+        return NamedCallStream(self.name)
+
+    def finish_reason(self, num_calls: int, reason: str | None) -> str | None:
+        # OpenAI ends a forced named call with "stop", and any other answer that made
+        # calls with "tool_calls"; a cut-short answer keeps "length".
+        if num_calls and reason == "stop" and self.choice != "named":
+            return "tool_calls"
+        return reason
+
+
+def _tool_reading(ctx: ServingContext, request: ChatCompletionRequest) -> _ToolReading | None:
+    choice = request.effective_tool_choice
+    if choice == "none":
+        return None
+    if choice == "auto":
+        if not ctx.enable_auto_tool_choice or ctx.tool_parser is None:
+            raise APIError(
+                400,
+                'tool_choice: "auto" tool choice requires --enable-auto-tool-choice and '
+                "--tool-call-parser to be set",
+                "tool_choice",
+            )
+        return _ToolReading("auto", parser=ctx.tool_parser)
+    if choice == "required":
+        return _ToolReading("required")
+    assert isinstance(choice, NamedToolChoice)
+    return _ToolReading("named", name=choice.function.name)
+
+
+def _tool_constraint(request: ChatCompletionRequest) -> StructuredOutputsParams | None:
+    """The schema a required or named tool choice generates under."""
+    tools = {tool.function.name: tool.function.parameters for tool in request.tools or []}
+    if request.tool_choice == "required":
+        listed = [{"name": name, "parameters": params} for name, params in tools.items()]
+        schema = required_schema(listed, parallel=request.parallel_tool_calls is not False)
+        return StructuredOutputsParams(json=schema)
+    if isinstance(request.tool_choice, NamedToolChoice):
+        params = tools[request.tool_choice.function.name]
+        return StructuredOutputsParams(json=params or {"type": "object", "properties": {}})
+    return None
+
+
+def _tool_calls_out(extracted: ExtractedToolCalls) -> list[ToolCallOut] | None:
+    if not extracted.tool_calls:
+        return None
+    return [
+        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+        for c in extracted.tool_calls
+    ]
+
+
 def _prepare(
     ctx: ServingContext, request: ChatCompletionRequest
 ) -> tuple[str, list[int], SamplingParams]:
-    text = render_chat(ctx, request.messages, request.add_generation_prompt)
+    text = render_chat(ctx, request.messages, request.add_generation_prompt, request.tools)
     token_ids = ctx.encode(text, add_special_tokens=False)
     try:
         token_ids = request.truncate(token_ids, ctx.max_model_len)
@@ -99,6 +217,9 @@ def _prepare(
         )
     except ValueError as exc:
         raise bad_request(exc) from exc
+    constraint = _tool_constraint(request)
+    if constraint is not None:
+        params = attrs.evolve(params, structured_outputs=constraint)
     return text, token_ids, params
 
 
@@ -107,14 +228,16 @@ async def create_chat_completion(
 ) -> Response:
     """Answer a chat completion request (see the module docstring)."""
     model = ctx.begin(request)
+    tools = _tool_reading(ctx, request)
     text, token_ids, params = _prepare(ctx, request)
-    params = await ctx.compile_structured_outputs(params, request.structured_field)
+    field = "tools" if request.forced_tool_choice else request.structured_field
+    params = await ctx.compile_structured_outputs(params, field)
     request_id = random_id("chatcmpl")
     created = int(time.time())
     stream = ctx.submit(request_id, token_ids, params, prompt=text)
     if request.stream:
         return EventStreamResponse(
-            lambda emit: _stream(ctx, request, stream, request_id, created, model, emit),
+            lambda emit: _stream(ctx, request, tools, stream, request_id, created, model, emit),
             stream.close,
         )
     try:
@@ -129,12 +252,20 @@ async def create_chat_completion(
         if request.logprobs:
             entries = list(completion.logprobs or [])
             logprobs = _logprobs(ctx, completion.token_ids, entries, request.top_logprobs or 0)
+        message = ChatMessageOut(content=completion.text)
+        finish_reason: str | None = completion.finish_reason
+        if tools is not None:
+            extracted = tools.extract(completion.text)
+            message = ChatMessageOut(
+                content=extracted.content, tool_calls=_tool_calls_out(extracted)
+            )
+            finish_reason = tools.finish_reason(len(extracted.tool_calls), finish_reason)
         choices.append(
             ChatChoice(
                 index=i,
-                message=ChatMessageOut(content=completion.text),
+                message=message,
                 logprobs=logprobs,
-                finish_reason=completion.finish_reason,
+                finish_reason=finish_reason,
                 stop_reason=completion.stop_reason,
             )
         )
@@ -144,9 +275,37 @@ async def create_chat_completion(
     return JSONResponse(body.model_dump())
 
 
+def _tool_chunks(reader: ToolCallStream, text: str, finished: bool) -> list[DeltaMessage]:
+    """The deltas a piece of text makes: runs of content, runs of tool-call parts."""
+    parts = reader.feed(text)
+    if finished:
+        parts += reader.finish()
+    messages: list[DeltaMessage] = []
+    for part in parts:
+        last = messages[-1] if messages else None
+        if isinstance(part, str):
+            if last is not None and last.content is not None:
+                last.content += part
+            else:
+                messages.append(DeltaMessage(content=part))
+            continue
+        call = DeltaToolCall(
+            index=part.index,
+            id=part.id,
+            type=None if part.id is None else "function",
+            function=DeltaFunctionCall(name=part.name, arguments=part.arguments),
+        )
+        if last is not None and last.tool_calls is not None:
+            last.tool_calls.append(call)
+        else:
+            messages.append(DeltaMessage(tool_calls=[call]))
+    return messages
+
+
 async def _stream(
     ctx: ServingContext,
     request: ChatCompletionRequest,
+    tools: _ToolReading | None,
     stream: RequestStream,
     request_id: str,
     created: int,
@@ -154,6 +313,7 @@ async def _stream(
     emit: Emit,
 ) -> None:
     tracker = ChoiceTracker(request.n)
+    readers = [tools.stream() for _ in range(request.n)] if tools is not None else []
 
     def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> dict[str, Any]:
         body = ChatCompletionChunk(
@@ -173,14 +333,32 @@ async def _stream(
                 logprobs = _logprobs(
                     ctx, delta.token_ids, delta.logprobs, request.top_logprobs or 0
                 )
-            choice = ChatChunkChoice(
-                index=delta.index,
-                delta=DeltaMessage(content=delta.text),
-                logprobs=logprobs,
-                finish_reason=delta.finish_reason,
-                stop_reason=delta.stop_reason,
-            )
-            await emit(chunk([choice]))
+            if tools is None:
+                choice = ChatChunkChoice(
+                    index=delta.index,
+                    delta=DeltaMessage(content=delta.text),
+                    logprobs=logprobs,
+                    finish_reason=delta.finish_reason,
+                    stop_reason=delta.stop_reason,
+                )
+                await emit(chunk([choice]))
+                continue
+            reader = readers[delta.index]
+            finished = delta.finish_reason is not None
+            messages = _tool_chunks(reader, delta.text, finished)
+            if not messages and (finished or logprobs is not None):
+                messages = [DeltaMessage()]
+            for k, message in enumerate(messages):
+                last = k == len(messages) - 1
+                reason = tools.finish_reason(reader.num_calls, delta.finish_reason)
+                choice = ChatChunkChoice(
+                    index=delta.index,
+                    delta=message,
+                    logprobs=logprobs if k == 0 else None,
+                    finish_reason=reason if last else None,
+                    stop_reason=delta.stop_reason if last else None,
+                )
+                await emit(chunk([choice]))
 
     finals: list[RequestOutput] = []
 

@@ -141,15 +141,15 @@ def collect(deltas: Iterable[Delta]) -> ExtractedToolCalls:
     text = "".join(content)
     return ExtractedToolCalls(
         content=text or None,
-        tool_calls=[
-            ToolCall(heads[i][0], heads[i][1], "".join(calls[i])) for i in sorted(calls)
-        ],
+        tool_calls=[ToolCall(heads[i][0], heads[i][1], "".join(calls[i])) for i in sorted(calls)],
     )
 
 
 # The start of a call object written name first, up to (not including) the arguments
 # object: what lets a stream announce a call and then pass its arguments on as they come.
-CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\\x00-\x1f]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\{)')
+CALL_HEAD = re.compile(
+    r'\s*\{\s*"name"\s*:\s*"((?:[^"\\\x00-\x1f]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\{)'
+)
 
 
 def head_name(match: re.Match[str]) -> str:
