@@ -145,11 +145,15 @@ def collect(deltas: Iterable[Delta]) -> ExtractedToolCalls:
     )
 
 
-# The start of a call object written name first, up to (not including) the arguments
-# object: what lets a stream announce a call and then pass its arguments on as they come.
-CALL_HEAD = re.compile(
-    r'\s*\{\s*"name"\s*:\s*"((?:[^"\\\x00-\x1f]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\{)'
-)
+def call_head(arguments_key: str) -> str:
+    """The pattern of the start of a call object written name first, up to (not
+    including) its arguments object under ``arguments_key``: what lets a stream
+    announce a call and then pass its arguments on as they come."""
+    name = r'"((?:[^"\\\x00-\x1f]|\\.)*)"'
+    return rf'\s*\{{\s*"name"\s*:\s*{name}\s*,\s*"{re.escape(arguments_key)}"\s*:\s*(?=\{{)'
+
+
+CALL_HEAD = re.compile(call_head("arguments"))
 
 
 def head_name(match: re.Match[str]) -> str:

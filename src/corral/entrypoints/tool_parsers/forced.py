@@ -1,7 +1,9 @@
 """Reading the output of a forced tool choice (no parser flag needed).
 
 ``tool_choice: "required"`` generates, under a JSON schema, an array of calls
-``[{"name": ..., "arguments": {...}}, ...]``; a named choice generates the named
+``[{"name": ..., "parameters": {...}}, ...]`` (vLLM's shape; the grammar writes
+keys in sorted order, and "name" sorting first is what lets a stream announce each
+call before its arguments); a named choice generates the named
 function's arguments object alone. Both shapes are guaranteed by the grammar, so
 reading them fails only when generation was cut short (``max_tokens``, a stop
 string): the whole answer is then content, while a stream has already sent the
@@ -16,13 +18,13 @@ import re
 from typing import Any
 
 from corral.entrypoints.tool_parsers.base import (
-    CALL_HEAD,
     CallDelta,
     Delta,
     ExtractedToolCalls,
     ObjectScanner,
     ToolCall,
     ToolCallStream,
+    call_head,
     collect,
     head_name,
     new_call_id,
@@ -42,9 +44,9 @@ def required_schema(tools: list[dict[str, Any]], *, parallel: bool = True) -> di
             "type": "object",
             "properties": {
                 "name": {"type": "string", "enum": [tool["name"]]},
-                "arguments": tool.get("parameters") or {"type": "object", "properties": {}},
+                "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
             },
-            "required": ["name", "arguments"],
+            "required": ["name", "parameters"],
             "additionalProperties": False,
         }
         for tool in tools
@@ -56,11 +58,11 @@ def required_schema(tools: list[dict[str, Any]], *, parallel: bool = True) -> di
 
 
 # The array's bracket and the previous call's closing brace and comma come before a call.
-_ELEMENT_HEAD = re.compile(r"[\s\[,}]*" + CALL_HEAD.pattern)
+_ELEMENT_HEAD = re.compile(r"[\s\[,}]*" + call_head("parameters"))
 
 
 class RequiredCallsStream(ToolCallStream):
-    """Reads ``[{"name": ..., "arguments": {...}}, ...]`` as it is generated."""
+    """Reads ``[{"name": ..., "parameters": {...}}, ...]`` as it is generated."""
 
     def __init__(self) -> None:
         self._text = ""
