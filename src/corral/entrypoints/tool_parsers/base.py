@@ -149,7 +149,7 @@ def call_head(arguments_key: str) -> str:
     """The pattern of the start of a call object written name first, up to (not
     including) its arguments object under ``arguments_key``: what lets a stream
     announce a call and then pass its arguments on as they come."""
-    name = r'"((?:[^"\\\x00-\x1f]|\\.)*)"'
+    name = r'"((?:[^"\\\x00-\x1f]|\\.)+)"'
     return rf'\s*\{{\s*"name"\s*:\s*{name}\s*,\s*"{re.escape(arguments_key)}"\s*:\s*(?=\{{)'
 
 
@@ -195,7 +195,8 @@ class ObjectScanner:
 
 def parse_call(text: str) -> tuple[str, str] | None:
     """``(name, arguments)`` of a call object's JSON text ``{"name": ..., "arguments": {...}}``,
-    or None when it is not one (bad JSON, other keys, arguments not an object).
+    or None when it is not one (bad JSON, no name, arguments not an object; other keys
+    are ignored).
 
     ``arguments`` is the arguments object's text as written when the name comes first
     (what a stream passed on), else the object re-encoded."""
@@ -205,16 +206,15 @@ def parse_call(text: str) -> tuple[str, str] | None:
         return None
     if (
         not isinstance(value, dict)
-        or set(value) != {"name", "arguments"}
-        or not isinstance(value["name"], str)
+        or not isinstance(value.get("name"), str)
         or not value["name"]
-        or not isinstance(value["arguments"], dict)
+        or not isinstance(value.get("arguments"), dict)
     ):
         return None
     match = CALL_HEAD.match(text)
     if match is not None:
         scanner = ObjectScanner()
         end = scanner.scan(text, match.end(), len(text))
-        if end is not None and text[end:].strip() == "}":
+        if end is not None:
             return value["name"], text[match.end() : end]
     return value["name"], json.dumps(value["arguments"], ensure_ascii=False)
