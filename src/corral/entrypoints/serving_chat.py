@@ -4,6 +4,12 @@ The prompt is ``tokenizer.apply_chat_template(messages, add_generation_prompt=..
 tokenized without adding special tokens again (the template places them). A
 streamed choice starts with a chunk carrying ``role: "assistant"``, then sends
 only new text; its last chunk carries the finish reason.
+
+With ``tools``, the template is given them, and the answer is read for tool calls:
+by the server's parser under ``tool_choice: "auto"``, as the array of calls or the
+one function's arguments that a "required" or named choice generated under a JSON
+schema (see `corral.entrypoints.tool_parsers`). A stream then sends content and
+tool-call deltas as the reader hands them out.
 """
 
 from __future__ import annotations
