@@ -102,6 +102,23 @@ async def test_auto_without_a_call_answers_as_tool_choice_none_does() -> None:
     assert none.usage.prompt_tokens > plain.usage.prompt_tokens + 50
 
 
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <async_generator object (SSEDecoder|AsyncStream|Response)\."
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+async def test_a_malformed_call_under_auto_is_plain_content_whole_and_streamed() -> None:
+    broken = r'Look: <tool_call>\{"name": get_weather\}</tool_call>'
+    body = {**request("auto"), "extra_body": {"guided_regex": broken}}
+    async with open_client() as client:
+        whole = (await client.chat.completions.create(**body)).choices[0]
+        async with client.chat.completions.stream(**body) as stream:
+            streamed = (await stream.get_final_completion()).choices[0]
+    text = 'Look: <tool_call>{"name": get_weather}</tool_call>'
+    assert (whole.message.content, whole.message.tool_calls) == (text, None)
+    assert (streamed.message.content, streamed.message.tool_calls) == (text, None)
+    assert whole.finish_reason == streamed.finish_reason == "stop"
+
+
 async def test_a_conversation_with_a_tool_result_renders_in_the_hermes_format() -> None:
     messages = [
         *MESSAGES,
