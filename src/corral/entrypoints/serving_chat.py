@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import jinja2
@@ -29,7 +29,6 @@ from corral.entrypoints.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     ChatTool,
-    NamedToolChoice,
 )
 from corral.entrypoints.responses import (
     ChatChoice,
@@ -38,29 +37,23 @@ from corral.entrypoints.responses import (
     ChatCompletionResponse,
     ChatLogprobs,
     ChatMessageOut,
-    DeltaFunctionCall,
     DeltaMessage,
-    DeltaToolCall,
-    FunctionCallOut,
     TokenLogprob,
-    ToolCallOut,
     TopLogprob,
     UsageInfo,
     random_id,
 )
 from corral.entrypoints.serving import ServingContext, unless_disconnected
-from corral.entrypoints.sse import Emit, EventStreamResponse
-from corral.entrypoints.tool_parsers import ExtractedToolCalls, ToolCallStream, ToolParser
-from corral.entrypoints.tool_parsers.forced import (
-    NamedCallStream,
-    RequiredCallsStream,
-    extract_named,
-    extract_required,
-    required_schema,
+from corral.entrypoints.serving_tools import (
+    ToolReading,
+    tool_calls_out,
+    tool_chunks,
+    tool_constraint,
+    tool_reading,
 )
+from corral.entrypoints.sse import Emit, EventStreamResponse
 from corral.outputs import Logprobs, RequestOutput
 from corral.sampling_params import SamplingParams
-from corral.structured_outputs import StructuredOutputsParams
 
 
 def _template_message(index: int, message: ChatMessage) -> dict[str, Any]:
@@ -133,80 +126,6 @@ def _logprobs(
     return ChatLogprobs(content=content)
 
 
-@attrs.frozen
-class _ToolReading:
-    """How a request's answer is read for tool calls: by the server's parser ("auto"),
-    as a forced array of calls ("required"), or as the arguments of one function."""
-
-    choice: Literal["auto", "required", "named"]
-    parser: ToolParser | None = None
-    name: str = ""
-
-    def extract(self, text: str) -> ExtractedToolCalls:
-        if self.choice == "auto":
-            assert self.parser is not None
-            return self.parser.extract(text)
-        if self.choice == "required":
-            return extract_required(text)
-        return extract_named(self.name, text)
-
-    def stream(self) -> ToolCallStream:
-        if self.choice == "auto":
-            assert self.parser is not None
-            return self.parser.stream()
-        if self.choice == "required":
-            return RequiredCallsStream()
-        return NamedCallStream(self.name)
-
-    def finish_reason(self, num_calls: int, reason: str | None) -> str | None:
-        # OpenAI ends a forced named call with "stop", and any other answer that made
-        # calls with "tool_calls"; a cut-short answer keeps "length".
-        if num_calls and reason == "stop" and self.choice != "named":
-            return "tool_calls"
-        return reason
-
-
-def _tool_reading(ctx: ServingContext, request: ChatCompletionRequest) -> _ToolReading | None:
-    choice = request.effective_tool_choice
-    if choice == "none":
-        return None
-    if choice == "auto":
-        if not ctx.enable_auto_tool_choice or ctx.tool_parser is None:
-            raise APIError(
-                400,
-                'tool_choice: "auto" tool choice requires --enable-auto-tool-choice and '
-                "--tool-call-parser to be set",
-                "tool_choice",
-            )
-        return _ToolReading("auto", parser=ctx.tool_parser)
-    if choice == "required":
-        return _ToolReading("required")
-    assert isinstance(choice, NamedToolChoice)
-    return _ToolReading("named", name=choice.function.name)
-
-
-def _tool_constraint(request: ChatCompletionRequest) -> StructuredOutputsParams | None:
-    """The schema a required or named tool choice generates under."""
-    tools = {tool.function.name: tool.function.parameters for tool in request.tools or []}
-    if request.tool_choice == "required":
-        listed = [{"name": name, "parameters": params} for name, params in tools.items()]
-        schema = required_schema(listed, parallel=request.parallel_tool_calls is not False)
-        return StructuredOutputsParams(json=schema)
-    if isinstance(request.tool_choice, NamedToolChoice):
-        params = tools[request.tool_choice.function.name]
-        return StructuredOutputsParams(json=params or {"type": "object", "properties": {}})
-    return None
-
-
-def _tool_calls_out(extracted: ExtractedToolCalls) -> list[ToolCallOut] | None:
-    if not extracted.tool_calls:
-        return None
-    return [
-        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
-        for c in extracted.tool_calls
-    ]
-
-
 def _prepare(
     ctx: ServingContext, request: ChatCompletionRequest
 ) -> tuple[str, list[int], SamplingParams]:
@@ -223,7 +142,7 @@ def _prepare(
         )
     except ValueError as exc:
         raise bad_request(exc) from exc
-    constraint = _tool_constraint(request)
+    constraint = tool_constraint(request)
     if constraint is not None:
         params = attrs.evolve(params, structured_outputs=constraint)
     return text, token_ids, params
@@ -234,7 +153,7 @@ async def create_chat_completion(
 ) -> Response:
     """Answer a chat completion request (see the module docstring)."""
     model = ctx.begin(request)
-    tools = _tool_reading(ctx, request)
+    tools = tool_reading(ctx, request)
     text, token_ids, params = _prepare(ctx, request)
     field = "tools" if request.forced_tool_choice else request.structured_field
     params = await ctx.compile_structured_outputs(params, field)
@@ -263,7 +182,7 @@ async def create_chat_completion(
         if tools is not None:
             extracted = tools.extract(completion.text)
             message = ChatMessageOut(
-                content=extracted.content, tool_calls=_tool_calls_out(extracted)
+                content=extracted.content, tool_calls=tool_calls_out(extracted)
             )
             finish_reason = tools.finish_reason(len(extracted.tool_calls), finish_reason)
         choices.append(
@@ -281,37 +200,10 @@ async def create_chat_completion(
     return JSONResponse(body.model_dump())
 
 
-def _tool_chunks(reader: ToolCallStream, text: str, finished: bool) -> list[DeltaMessage]:
-    """The deltas a piece of text makes: runs of content, runs of tool-call parts."""
-    parts = reader.feed(text)
-    if finished:
-        parts += reader.finish()
-    messages: list[DeltaMessage] = []
-    for part in parts:
-        last = messages[-1] if messages else None
-        if isinstance(part, str):
-            if last is not None and last.content is not None:
-                last.content += part
-            else:
-                messages.append(DeltaMessage(content=part))
-            continue
-        call = DeltaToolCall(
-            index=part.index,
-            id=part.id,
-            type=None if part.id is None else "function",
-            function=DeltaFunctionCall(name=part.name, arguments=part.arguments),
-        )
-        if last is not None and last.tool_calls is not None:
-            last.tool_calls.append(call)
-        else:
-            messages.append(DeltaMessage(tool_calls=[call]))
-    return messages
-
-
 async def _stream(
     ctx: ServingContext,
     request: ChatCompletionRequest,
-    tools: _ToolReading | None,
+    tools: ToolReading | None,
     stream: RequestStream,
     request_id: str,
     created: int,
@@ -351,7 +243,7 @@ async def _stream(
                 continue
             reader = readers[delta.index]
             finished = delta.finish_reason is not None
-            messages = _tool_chunks(reader, delta.text, finished)
+            messages = tool_chunks(reader, delta.text, finished)
             if not messages and (finished or logprobs is not None):
                 messages = [DeltaMessage()]
             for k, message in enumerate(messages):
