@@ -119,6 +119,16 @@ async def test_a_malformed_call_under_auto_is_plain_content_whole_and_streamed()
     assert whole.finish_reason == streamed.finish_reason == "stop"
 
 
+async def test_none_never_reads_calls_even_when_the_text_has_one() -> None:
+    body = {**request("auto"), "tool_choice": "none"}
+    async with open_client() as client:
+        answer = (await client.chat.completions.create(**body)).choices[0]
+    assert answer.message.tool_calls is None
+    assert answer.message.content is not None
+    assert answer.message.content.startswith('<tool_call>\n{"name": "get_weather"')
+    assert answer.finish_reason == "stop"
+
+
 async def test_a_conversation_with_a_tool_result_renders_in_the_hermes_format() -> None:
     messages = [
         *MESSAGES,
