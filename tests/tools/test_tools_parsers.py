@@ -25,6 +25,7 @@ from corral.entrypoints.tool_parsers.forced import (
     extract_named,
     extract_required,
 )
+from corral.sampling_params import SamplingParams
 
 PARSER = HermesToolParser()
 
@@ -207,3 +208,9 @@ def test_registry_knows_hermes_and_refuses_unknown_names() -> None:
     assert get_tool_parser("hermes") is HermesToolParser
     with pytest.raises(ValueError, match=r"unknown parser 'nope'.*hermes"):
         get_tool_parser("nope")
+
+
+def test_hermes_keeps_special_tokens_in_the_text_it_reads() -> None:
+    params = PARSER.adjust_params(SamplingParams(max_tokens=4))
+    assert params.skip_special_tokens is False
+    assert params.max_tokens == 4

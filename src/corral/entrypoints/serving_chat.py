@@ -155,6 +155,8 @@ async def create_chat_completion(
     model = ctx.begin(request)
     tools = tool_reading(ctx, request)
     text, token_ids, params = _prepare(ctx, request)
+    if tools is not None and tools.parser is not None:
+        params = tools.parser.adjust_params(params)
     field = "tools" if request.forced_tool_choice else request.structured_field
     params = await ctx.compile_structured_outputs(params, field)
     request_id = random_id("chatcmpl")

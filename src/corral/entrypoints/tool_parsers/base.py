@@ -22,6 +22,7 @@ from typing import ClassVar
 import attrs
 
 from corral.entrypoints.responses import random_id
+from corral.sampling_params import SamplingParams
 
 
 @attrs.frozen
@@ -87,6 +88,11 @@ class ToolParser(ABC):
     @abstractmethod
     def stream(self) -> ToolCallStream:
         """A fresh reader for one streamed choice."""
+
+    def adjust_params(self, params: SamplingParams) -> SamplingParams:
+        """The sampling parameters of a request this parser will read (e.g. keeping
+        special tokens in the text when the format's tags are special tokens)."""
+        return params
 
 
 _PARSERS: dict[str, type[ToolParser]] = {}

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 
+import attrs
+
 from corral.entrypoints.tool_parsers.base import (
     CALL_HEAD,
     CallDelta,
@@ -32,6 +34,7 @@ from corral.entrypoints.tool_parsers.base import (
     parse_call,
     register_tool_parser,
 )
+from corral.sampling_params import SamplingParams
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -70,6 +73,12 @@ class HermesToolParser(ToolParser):
 
     def stream(self) -> ToolCallStream:
         return _HermesStream()
+
+    def adjust_params(self, params: SamplingParams) -> SamplingParams:
+        # Qwen and Hermes tokenizers make the tags tokens of their own, marked special
+        # in some of them: skipping special tokens would erase the tags (as vLLM's
+        # parser, keep them).
+        return attrs.evolve(params, skip_special_tokens=False)
 
 
 class _HermesStream(ToolCallStream):
