@@ -155,11 +155,19 @@ async def test_a_conversation_with_a_tool_result_renders_in_the_hermes_format() 
         answer = await client.chat.completions.create(
             model=MODEL, messages=messages, tools=TOOLS, tool_choice="none", max_tokens=8
         )
+        with_tools = await client.post(
+            "/../tokenize",
+            body={"model": MODEL, "messages": messages, "tools": TOOLS},
+            cast_to=object,
+        )
     assert text["prompt"].endswith(
         '<|assistant|><tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
         "</tool_call><|eos|><|user|><tool_response>\nsunny\n</tool_response><|eos|><|assistant|>"
     )
     assert answer.choices[0].message.tool_calls is None
+    # The prompt counted with tools is the one the completion was given.
+    assert answer.usage is not None
+    assert with_tools["count"] == answer.usage.prompt_tokens > tokens["count"]
 
 
 BAD_REQUESTS: list[tuple[dict[str, Any], str, str]] = [

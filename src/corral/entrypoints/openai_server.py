@@ -149,7 +149,7 @@ def build_app(
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
         ctx.model_name(body.model)
         if body.messages is not None:
-            text = render_chat(ctx, body.messages, body.add_generation_prompt)
+            text = render_chat(ctx, body.messages, body.add_generation_prompt, body.tools)
             tokens = ctx.tokenizer(text, add_special_tokens=False).input_ids
         else:
             tokens = ctx.tokenizer(

@@ -467,11 +467,13 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 class TokenizeRequest(_Strict):
-    """``POST /tokenize``: either ``prompt`` or chat ``messages``."""
+    """``POST /tokenize``: either ``prompt`` or chat ``messages`` (with the ``tools``
+    the chat template is shown)."""
 
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ChatTool] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
@@ -479,6 +481,8 @@ class TokenizeRequest(_Strict):
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("prompt: give exactly one of prompt and messages")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools: only allowed with messages")
         return self
 
 
