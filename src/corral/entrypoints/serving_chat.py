@@ -25,11 +25,7 @@ from starlette.responses import JSONResponse, Response
 from corral.engine import RequestStream
 from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
 from corral.entrypoints.errors import APIError, bad_request
-from corral.entrypoints.protocol import (
-    ChatCompletionRequest,
-    ChatMessage,
-    ChatTool,
-)
+from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage, ChatTool
 from corral.entrypoints.responses import (
     ChatChoice,
     ChatChunkChoice,
