@@ -107,6 +107,7 @@ CHAT = {
     "add_generation_prompt": wild(st.booleans()),
     "tools": wild(st.just([])),
     "tool_choice": wild(st.sampled_from(["none", "auto"])),
+    "parallel_tool_calls": wild(st.booleans()),
 }
 
 

@@ -31,6 +31,7 @@ from corral.default_model import DEFAULT_SERVED_NAME, default_model_path
 from corral.entrypoints.cli_args import add_attrs_options, collect
 from corral.entrypoints.openai_server import DEFAULT_MAX_BODY_SIZE, package_version
 from corral.entrypoints.serve import LOOPS, PortInUseError, ServerSettings, check_port, run_server
+from corral.entrypoints.tool_parsers import tool_parser_names
 from corral.errors import CorralError
 from corral.sampling_params import SamplingParams
 
@@ -132,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES",
         help=f"Larger request bodies get 413 (default: {DEFAULT_MAX_BODY_SIZE}).",
     )  # fmt: skip
+    tools = serve.add_argument_group("tool calling options")
+    tools.add_argument(
+        "--enable-auto-tool-choice", action="store_true",
+        help='Serve tool_choice "auto": the model decides whether to call tools, and '
+        "--tool-call-parser reads the calls out of its text (needs --tool-call-parser).",
+    )  # fmt: skip
+    tools.add_argument(
+        "--tool-call-parser", choices=tool_parser_names(), default=None, metavar="NAME",
+        help="How the model writes tool calls: "
+        f"{', '.join(tool_parser_names())} (hermes: <tool_call>{{json}}</tool_call>, as "
+        "Hermes and Qwen models and the embedded model write them).",
+    )  # fmt: skip
     serve.set_defaults(handler=_serve, engine_fields=engine_fields, usage=serve)
 
     generate = commands.add_parser(
@@ -220,6 +233,8 @@ def _serve(namespace: argparse.Namespace) -> int:
         served_model_names=tuple(namespace.served_model_name or _default_names(namespace)),
         shutdown_timeout=namespace.shutdown_timeout,
         max_body_size=namespace.max_request_body_size,
+        tool_call_parser=namespace.tool_call_parser,
+        enable_auto_tool_choice=namespace.enable_auto_tool_choice,
     )
     engine_args = _engine_args(namespace)
     # Before the model loads: a taken port should cost the user no loading time.

@@ -34,6 +34,7 @@ from corral.entrypoints.responses import (
 from corral.entrypoints.serving import ServingContext
 from corral.entrypoints.serving_chat import create_chat_completion, render_chat
 from corral.entrypoints.serving_completion import create_completion
+from corral.entrypoints.tool_parsers import get_tool_parser
 
 DEFAULT_MAX_BODY_SIZE = 4 * 2**20
 """Largest request body accepted (bytes); larger ones get 413."""
@@ -46,7 +47,12 @@ def package_version() -> str:
 
 
 async def make_context(
-    engine: AsyncEngine, *, model_path: str, served_model_names: list[str] | None = None
+    engine: AsyncEngine,
+    *,
+    model_path: str,
+    served_model_names: list[str] | None = None,
+    tool_call_parser: str | None = None,
+    enable_auto_tool_choice: bool = False,
 ) -> ServingContext:
     """The handlers' view of an open engine.
 
@@ -55,10 +61,15 @@ async def make_context(
             model config, as one from `open_engine` has).
         model_path: The model the engine serves.
         served_model_names: Names clients may use in ``model``; defaults to ``model_path``.
+        tool_call_parser: The registered tool-call parser that reads ``tool_choice:
+            "auto"`` answers (see `corral.entrypoints.tool_parsers`).
+        enable_auto_tool_choice: Serve ``tool_choice: "auto"`` (needs ``tool_call_parser``).
 
     Raises:
-        ValueError: The engine has no tokenizer or no model config.
+        ValueError: The engine has no tokenizer or no model config; an unknown parser;
+            auto tool choice without a parser.
     """
+    check_tool_options(tool_call_parser, enable_auto_tool_choice)
     tokenizer = await engine.get_tokenizer()
     model_config = await engine.get_model_config()
     if tokenizer is None or model_config is None:
@@ -74,7 +85,21 @@ async def make_context(
         max_model_len=int(model_config.max_model_len),
         vocab_size=int(model_config.vocab_size),
         metrics=ServerMetrics(engine.stats, names[0]),
+        tool_parser=None if tool_call_parser is None else get_tool_parser(tool_call_parser)(),
+        enable_auto_tool_choice=enable_auto_tool_choice,
     )
+
+
+def check_tool_options(tool_call_parser: str | None, enable_auto_tool_choice: bool) -> None:
+    """Refuse an unknown parser name, and auto tool choice without a parser (as vLLM).
+
+    Raises:
+        ValueError: Naming the option at fault.
+    """
+    if tool_call_parser is not None:
+        get_tool_parser(tool_call_parser)
+    if enable_auto_tool_choice and tool_call_parser is None:
+        raise ValueError("enable_auto_tool_choice: needs a tool_call_parser (--tool-call-parser)")
 
 
 def build_app(
@@ -124,7 +149,7 @@ def build_app(
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
         ctx.model_name(body.model)
         if body.messages is not None:
-            text = render_chat(ctx, body.messages, body.add_generation_prompt)
+            text = render_chat(ctx, body.messages, body.add_generation_prompt, body.tools)
             tokens = ctx.tokenizer(text, add_special_tokens=False).input_ids
         else:
             tokens = ctx.tokenizer(

@@ -10,6 +10,7 @@ neutral value; anything else is refused with a message saying so.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -307,17 +308,40 @@ class TextContent(_Strict):
     text: str
 
 
-class ChatMessage(_Strict):
-    """One message of a conversation."""
+class FunctionCallIn(_Strict):
+    """The function an earlier assistant turn called: ``arguments`` is JSON text."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    """A tool call of an earlier assistant turn."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ChatMessage(_Strict):
+    """One message of a conversation. An assistant turn may carry ``tool_calls``
+    (its content may then be null); a ``tool`` message answers the call
+    ``tool_call_id`` with the tool's result."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContent] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     @model_validator(mode="after")
     def _check_content(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"content: required for a {self.role} message")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls: only assistant messages make calls, not {self.role}")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("tool_call_id: required for a tool message, and only there")
         return self
 
     def text(self) -> str:
@@ -327,6 +351,39 @@ class ChatMessage(_Strict):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class FunctionDefinition(_Strict):
+    """A function the model may call; ``parameters`` is the JSON schema of its
+    arguments (an object; none means no arguments)."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Strict):
+    """An entry of ``tools``."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    """The function a named ``tool_choice`` forces."""
+
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -339,18 +396,60 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     add_generation_prompt: bool = True
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: only allowed when logprobs is true")
-        if self.tools:
-            raise NotImplementedField("tools", "tool calling")
-        if self.tool_choice not in (None, "none"):
-            raise NotImplementedField("tool_choice", "tool calling")
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        names = set()
+        for tool in self.tools or []:
+            function = tool.function
+            if not _FUNCTION_NAME.match(function.name):
+                raise ValueError(
+                    f"tools: function name {function.name!r} must be 1 to 64 letters, "
+                    "digits, underscores or dashes"
+                )
+            if function.name in names:
+                raise ValueError(f"tools: function {function.name!r} is defined twice")
+            names.add(function.name)
+            kind = (function.parameters or {}).get("type", "object")
+            if kind != "object":
+                raise ValueError(
+                    f"tools: the parameters of function {function.name!r} must be a JSON "
+                    f"schema of type 'object', got type {kind!r}"
+                )
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not self.tools:
+            raise ValueError("tool_choice: only allowed when tools are given")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(
+                f"tool_choice: function {choice.function.name!r} is not among the tools "
+                f"({', '.join(sorted(names))})"
+            )
+        if self.forced_tool_choice and self.structured_field is not None:
+            raise ValueError(
+                f"tool_choice: a required or named tool choice cannot be combined with "
+                f"{self.structured_field}"
+            )
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """``tool_choice``, defaulting as OpenAI does: "auto" with tools, else "none"."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
+
+    @property
+    def forced_tool_choice(self) -> bool:
+        """Whether generation is constrained to tool calls ("required" or named)."""
+        return self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -368,11 +467,13 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 class TokenizeRequest(_Strict):
-    """``POST /tokenize``: either ``prompt`` or chat ``messages``."""
+    """``POST /tokenize``: either ``prompt`` or chat ``messages`` (with the ``tools``
+    the chat template is shown)."""
 
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ChatTool] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
@@ -380,6 +481,8 @@ class TokenizeRequest(_Strict):
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("prompt: give exactly one of prompt and messages")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools: only allowed with messages")
         return self
 
 

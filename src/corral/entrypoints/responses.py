@@ -82,11 +82,27 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    """The function a tool call calls; ``arguments`` is JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    """A tool call of the assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
-    """The assistant message of a chat choice."""
+    """The assistant message of a chat choice (``tool_calls`` only when it made calls)."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChatChoice(BaseModel):
@@ -110,11 +126,28 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo | None = None
 
 
+class DeltaFunctionCall(BaseModel):
+    """A part of a streamed call: the name comes once, the arguments text in pieces."""
+
+    name: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    arguments: str = ""
+
+
+class DeltaToolCall(BaseModel):
+    """A part of tool call ``index``; its first part carries ``id``, ``type`` and the name."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    type: Literal["function"] | None = Field(default=None, exclude_if=lambda v: v is None)
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
-    """What a stream chunk adds to a chat choice: the role once, then text."""
+    """What a stream chunk adds to a chat choice: the role once, then text or tool calls."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChatChunkChoice(BaseModel):

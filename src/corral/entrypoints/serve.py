@@ -33,7 +33,12 @@ from hypercorn.config import Config
 
 from corral.config import AsyncEngineArgs
 from corral.engine import open_engine
-from corral.entrypoints.openai_server import DEFAULT_MAX_BODY_SIZE, build_app, make_context
+from corral.entrypoints.openai_server import (
+    DEFAULT_MAX_BODY_SIZE,
+    build_app,
+    check_tool_options,
+    make_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +98,8 @@ class ServerSettings:
             (the CLI serves the embedded model as "storyteller").
         shutdown_timeout: Seconds in-flight requests may take to finish after a signal.
         max_body_size: Largest request body in bytes (larger: 413).
+        tool_call_parser: The tool-call parser for ``tool_choice: "auto"`` (e.g. "hermes").
+        enable_auto_tool_choice: Serve ``tool_choice: "auto"`` (needs ``tool_call_parser``).
     """
 
     host: str = "127.0.0.1"
@@ -102,6 +109,8 @@ class ServerSettings:
     served_model_names: tuple[str, ...] = ()
     shutdown_timeout: float = 30.0
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.loop not in LOOPS:
@@ -114,6 +123,7 @@ class ServerSettings:
             raise ValueError(f"max_body_size must be a positive integer, got {self.max_body_size}")
         if self.api_key == "":
             raise ValueError("api_key must not be empty (leave it out to disable the check)")
+        check_tool_options(self.tool_call_parser, self.enable_auto_tool_choice)
 
 
 def _hypercorn_config(settings: ServerSettings) -> Config:
@@ -181,6 +191,8 @@ async def serve(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
                 engine,
                 model_path=engine_args.model,
                 served_model_names=list(settings.served_model_names) or None,
+                tool_call_parser=settings.tool_call_parser,
+                enable_auto_tool_choice=settings.enable_auto_tool_choice,
             )
             app = build_app(ctx, api_key=settings.api_key, max_body_size=settings.max_body_size)
             # In a task of its own: hypercorn's asyncio serve returns with a cancellation

@@ -25,6 +25,7 @@ from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.metrics import ServerMetrics
 from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
 from corral.entrypoints.sse import wait_disconnect
+from corral.entrypoints.tool_parsers import ToolParser
 from corral.errors import EngineDeadError
 from corral.outputs import RequestOutput
 from corral.sampling_params import RequestOutputKind, SamplingParams
@@ -45,6 +46,10 @@ class ServingContext:
         max_model_len: Longest prompt plus output.
         vocab_size: Token ids must lie below it.
         metrics: The server's metrics.
+        tool_parser: Reads tool calls out of answers under ``tool_choice: "auto"``
+            (``--tool-call-parser``); None: no parser.
+        enable_auto_tool_choice: Whether ``tool_choice: "auto"`` is served
+            (``--enable-auto-tool-choice``, which needs a parser).
     """
 
     engine: AsyncEngine
@@ -54,6 +59,8 @@ class ServingContext:
     max_model_len: int
     vocab_size: int
     metrics: ServerMetrics
+    tool_parser: ToolParser | None = None
+    enable_auto_tool_choice: bool = False
     _token_text: dict[int, str] = attrs.field(factory=dict)
 
     def model_name(self, requested: str | None) -> str:

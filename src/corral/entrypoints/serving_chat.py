@@ -4,20 +4,28 @@ The prompt is ``tokenizer.apply_chat_template(messages, add_generation_prompt=..
 tokenized without adding special tokens again (the template places them). A
 streamed choice starts with a chunk carrying ``role: "assistant"``, then sends
 only new text; its last chunk carries the finish reason.
+
+With ``tools``, the template is given them, and the answer is read for tool calls:
+by the server's parser under ``tool_choice: "auto"``, as the array of calls or the
+one function's arguments that a "required" or named choice generated under a JSON
+schema (see `corral.entrypoints.tool_parsers`). A stream then sends content and
+tool-call deltas as the reader hands them out.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import attrs
 import jinja2
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
 from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
 from corral.entrypoints.errors import APIError, bad_request
-from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage
+from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage, ChatTool
 from corral.entrypoints.responses import (
     ChatChoice,
     ChatChunkChoice,
@@ -32,25 +40,56 @@ from corral.entrypoints.responses import (
     random_id,
 )
 from corral.entrypoints.serving import ServingContext, unless_disconnected
+from corral.entrypoints.serving_tools import (
+    ToolReading,
+    tool_calls_out,
+    tool_chunks,
+    tool_constraint,
+    tool_reading,
+)
 from corral.entrypoints.sse import Emit, EventStreamResponse
 from corral.outputs import Logprobs, RequestOutput
 from corral.sampling_params import SamplingParams
 
 
+def _template_message(index: int, message: ChatMessage) -> dict[str, Any]:
+    # Few templates know OpenAI's newer "developer" role; it means "system".
+    role = "system" if message.role == "developer" else message.role
+    item: dict[str, Any] = {"role": role, "content": message.text()}
+    if message.tool_calls:
+        calls = []
+        for j, call in enumerate(message.tool_calls):
+            try:
+                # Templates write the arguments themselves (e.g. `| tojson`), as an object.
+                arguments = json.loads(call.function.arguments)
+            except ValueError as exc:
+                field = f"messages.{index}.tool_calls.{j}.function.arguments"
+                raise APIError(400, f"{field}: not valid JSON ({exc})", field) from exc
+            function = {"name": call.function.name, "arguments": arguments}
+            calls.append({"id": call.id, "type": "function", "function": function})
+        item["tool_calls"] = calls
+    if message.tool_call_id is not None:
+        item["tool_call_id"] = message.tool_call_id
+    return item
+
+
 def render_chat(
-    ctx: ServingContext, messages: list[ChatMessage], add_generation_prompt: bool
+    ctx: ServingContext,
+    messages: list[ChatMessage],
+    add_generation_prompt: bool,
+    tools: list[ChatTool] | None = None,
 ) -> str:
-    """The conversation as the model's chat template writes it (400 "messages" on failure)."""
+    """The conversation as the model's chat template writes it, with ``tools`` offered
+    to the template when given (400 "messages" on failure)."""
     if not getattr(ctx.tokenizer, "chat_template", None):
         raise APIError(400, "messages: the model's tokenizer has no chat template", "messages")
-    conversation = [
-        # Few templates know OpenAI's newer "developer" role; it means "system".
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in messages
-    ]
+    conversation = [_template_message(i, m) for i, m in enumerate(messages)]
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = [tool.model_dump(exclude_none=True) for tool in tools]
     try:
         text = ctx.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
         )
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         # Templates reject conversations they do not support (jinja's raise_exception).
@@ -86,7 +125,7 @@ def _logprobs(
 def _prepare(
     ctx: ServingContext, request: ChatCompletionRequest
 ) -> tuple[str, list[int], SamplingParams]:
-    text = render_chat(ctx, request.messages, request.add_generation_prompt)
+    text = render_chat(ctx, request.messages, request.add_generation_prompt, request.tools)
     token_ids = ctx.encode(text, add_special_tokens=False)
     try:
         token_ids = request.truncate(token_ids, ctx.max_model_len)
@@ -99,6 +138,9 @@ def _prepare(
         )
     except ValueError as exc:
         raise bad_request(exc) from exc
+    constraint = tool_constraint(request)
+    if constraint is not None:
+        params = attrs.evolve(params, structured_outputs=constraint)
     return text, token_ids, params
 
 
@@ -107,14 +149,18 @@ async def create_chat_completion(
 ) -> Response:
     """Answer a chat completion request (see the module docstring)."""
     model = ctx.begin(request)
+    tools = tool_reading(ctx, request)
     text, token_ids, params = _prepare(ctx, request)
-    params = await ctx.compile_structured_outputs(params, request.structured_field)
+    if tools is not None and tools.parser is not None:
+        params = tools.parser.adjust_params(params)
+    field = "tools" if request.forced_tool_choice else request.structured_field
+    params = await ctx.compile_structured_outputs(params, field)
     request_id = random_id("chatcmpl")
     created = int(time.time())
     stream = ctx.submit(request_id, token_ids, params, prompt=text)
     if request.stream:
         return EventStreamResponse(
-            lambda emit: _stream(ctx, request, stream, request_id, created, model, emit),
+            lambda emit: _stream(ctx, request, tools, stream, request_id, created, model, emit),
             stream.close,
         )
     try:
@@ -129,12 +175,20 @@ async def create_chat_completion(
         if request.logprobs:
             entries = list(completion.logprobs or [])
             logprobs = _logprobs(ctx, completion.token_ids, entries, request.top_logprobs or 0)
+        message = ChatMessageOut(content=completion.text)
+        finish_reason: str | None = completion.finish_reason
+        if tools is not None:
+            extracted = tools.extract(completion.text)
+            message = ChatMessageOut(
+                content=extracted.content, tool_calls=tool_calls_out(extracted)
+            )
+            finish_reason = tools.finish_reason(len(extracted.tool_calls), finish_reason)
         choices.append(
             ChatChoice(
                 index=i,
-                message=ChatMessageOut(content=completion.text),
+                message=message,
                 logprobs=logprobs,
-                finish_reason=completion.finish_reason,
+                finish_reason=finish_reason,
                 stop_reason=completion.stop_reason,
             )
         )
@@ -147,6 +201,7 @@ async def create_chat_completion(
 async def _stream(
     ctx: ServingContext,
     request: ChatCompletionRequest,
+    tools: ToolReading | None,
     stream: RequestStream,
     request_id: str,
     created: int,
@@ -154,6 +209,7 @@ async def _stream(
     emit: Emit,
 ) -> None:
     tracker = ChoiceTracker(request.n)
+    readers = [tools.stream() for _ in range(request.n)] if tools is not None else []
 
     def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> dict[str, Any]:
         body = ChatCompletionChunk(
@@ -173,14 +229,32 @@ async def _stream(
                 logprobs = _logprobs(
                     ctx, delta.token_ids, delta.logprobs, request.top_logprobs or 0
                 )
-            choice = ChatChunkChoice(
-                index=delta.index,
-                delta=DeltaMessage(content=delta.text),
-                logprobs=logprobs,
-                finish_reason=delta.finish_reason,
-                stop_reason=delta.stop_reason,
-            )
-            await emit(chunk([choice]))
+            if tools is None:
+                choice = ChatChunkChoice(
+                    index=delta.index,
+                    delta=DeltaMessage(content=delta.text),
+                    logprobs=logprobs,
+                    finish_reason=delta.finish_reason,
+                    stop_reason=delta.stop_reason,
+                )
+                await emit(chunk([choice]))
+                continue
+            reader = readers[delta.index]
+            finished = delta.finish_reason is not None
+            messages = tool_chunks(reader, delta.text, finished)
+            if not messages and (finished or logprobs is not None):
+                messages = [DeltaMessage()]
+            for k, message in enumerate(messages):
+                last = k == len(messages) - 1
+                reason = tools.finish_reason(reader.num_calls, delta.finish_reason)
+                choice = ChatChunkChoice(
+                    index=delta.index,
+                    delta=message,
+                    logprobs=logprobs if k == 0 else None,
+                    finish_reason=reason if last else None,
+                    stop_reason=delta.stop_reason if last else None,
+                )
+                await emit(chunk([choice]))
 
     finals: list[RequestOutput] = []
 
