@@ -42,13 +42,11 @@ SPECIAL_TOKENS = [BOS, EOS, "<|system|>", "<|user|>", "<|assistant|>", "<|pad|>"
 # Every turn ends in the eos token, so one stop token ends both a plain story and an
 # assistant reply; the bos token is part of the template because chat prompts are
 # tokenized without the tokenizer's own special tokens (as transformers and vLLM do).
+# The template is read from the packaged model so that a retrain keeps what was added
+# to it after training (the Hermes tool-calling part, which tool-free chats never reach).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + eos_token }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
+    Path(__file__).resolve().parents[1] / "src" / "corral" / "default_model" / "chat_template.jinja"
+).read_text()
 
 # ---------------------------------------------------------------------------------
 # The world: who lives where, eats what, and what can happen to them.

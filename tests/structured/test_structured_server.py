@@ -138,3 +138,48 @@ async def test_bad_structured_input_is_400_naming_the_field(
         error = answer.json()["error"]
         assert error["param"] == field, error
         assert words.lower() in error["message"].lower(), error
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_masked_tokens_in_top_logprobs_are_json_numbers(
+    chat_model: Path, stream: bool
+) -> None:
+    # The grammar gives every token but the allowed ones logprob -inf; JSON has no
+    # -inf, so the server reports vLLM's floor instead of failing the request.
+    extra = {"guided_choice": ["yes", "no"], "logprobs": True, "top_logprobs": 3}
+    async with open_app(chat_model) as (client, _):
+        answer = await client.post("/v1/chat/completions", json=chat(extra, stream=stream))
+        assert answer.status_code == 200, answer.text
+        if stream:
+            events = [
+                json.loads(line[len("data: ") :])
+                for line in answer.text.splitlines()
+                if line.startswith("data: {")
+            ]
+            content = [
+                entry
+                for event in events
+                for choice in event["choices"]
+                for entry in (choice.get("logprobs") or {}).get("content") or []
+            ]
+        else:
+            content = answer.json()["choices"][0]["logprobs"]["content"]
+        assert content
+        tops = [top["logprob"] for entry in content for top in entry["top_logprobs"]]
+        assert len(tops) == 3 * len(content)
+        assert all(-9999.0 <= value <= 0.0 for value in tops)
+        # At least one step offered fewer than three allowed tokens: the floor shows.
+        assert -9999.0 in tops
+        completion = await client.post(
+            "/v1/completions",
+            json={
+                "model": SERVED_NAME,
+                "prompt": "Answer:",
+                "max_tokens": 8,
+                "guided_choice": ["yes", "no"],
+                "logprobs": 3,
+            },
+        )
+        assert completion.status_code == 200, completion.text
+        legacy = completion.json()["choices"][0]["logprobs"]["top_logprobs"]
+        assert all(-9999.0 <= v <= 0.0 for entry in legacy for v in entry.values())

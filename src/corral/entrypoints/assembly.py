@@ -22,6 +22,15 @@ from corral.entrypoints.sse import Emit
 from corral.errors import EngineDeadError
 from corral.outputs import CompletionOutput, FinishReason, Logprobs, RequestOutput
 
+# Tokens a grammar or allowed_token_ids masks out have probability 0: logprob -inf,
+# which JSON cannot carry. The floor is vLLM's, so clients that read it keep working.
+JSON_LOGPROB_FLOOR = -9999.0
+
+
+def json_logprob(value: float) -> float:
+    """``value`` floored at `JSON_LOGPROB_FLOOR` (JSON has no -inf)."""
+    return max(value, JSON_LOGPROB_FLOOR)
+
 
 @attrs.define
 class ChoiceDelta:

@@ -23,7 +23,7 @@ import jinja2
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
-from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
+from corral.entrypoints.assembly import ChoiceTracker, json_logprob, stream_or_error, usage_of
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.protocol import ChatCompletionRequest, ChatMessage, ChatTool
 from corral.entrypoints.responses import (
@@ -109,11 +109,13 @@ def _logprobs(
         content.append(
             TokenLogprob(
                 token=token,
-                logprob=entry[token_id],
+                logprob=json_logprob(entry[token_id]),
                 bytes=list(token.encode()),
                 top_logprobs=[
                     TopLogprob(
-                        token=ctx.token_text(t), logprob=lp, bytes=list(ctx.token_text(t).encode())
+                        token=ctx.token_text(t),
+                        logprob=json_logprob(lp),
+                        bytes=list(ctx.token_text(t).encode()),
                     )
                     for t, lp in top
                 ],

@@ -18,7 +18,7 @@ import attrs
 from starlette.responses import JSONResponse, Response
 
 from corral.engine import RequestStream
-from corral.entrypoints.assembly import ChoiceTracker, stream_or_error, usage_of
+from corral.entrypoints.assembly import ChoiceTracker, json_logprob, stream_or_error, usage_of
 from corral.entrypoints.errors import APIError, bad_request
 from corral.entrypoints.protocol import CompletionRequest
 from corral.entrypoints.responses import (
@@ -59,14 +59,15 @@ class _LogprobWriter:
                 out.token_logprobs.append(None)
                 out.top_logprobs.append(None)
                 continue
-            out.token_logprobs.append(entry.get(token_id))
+            chosen_lp = entry.get(token_id)
+            out.token_logprobs.append(None if chosen_lp is None else json_logprob(chosen_lp))
             top = sorted(entry.items(), key=lambda item: item[1], reverse=True)
             chosen = [item for item in top if item[0] == token_id]
             shown: dict[str, float] = {}
             for t, lp in top[: self.num] + chosen:
                 # Distinct tokens may share a text (partial UTF-8 bytes all show as "�");
                 # the more likely one keeps the entry.
-                shown.setdefault(self.ctx.token_text(t), lp)
+                shown.setdefault(self.ctx.token_text(t), json_logprob(lp))
             out.top_logprobs.append(shown)
         return out
 
