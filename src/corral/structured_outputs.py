@@ -95,12 +95,14 @@ class StructuredOutputsParams:
 
     @property
     def key(self) -> tuple[str, str]:
-        """Canonical text of the constraint (the compile cache's key): equal for equal
-        constraints, whatever the key order or spacing of a JSON schema."""
+        """Canonical text of the constraint (the compile cache's key, and the text that
+        is compiled): equal for equal constraints, whatever the spacing or keyword order
+        of a JSON schema. The order of a schema's ``properties`` is kept: it is the order
+        the object's keys are written in, as with OpenAI and vLLM."""
         kind = self.kind
         if kind == "json":
             schema = json.loads(self.json) if isinstance(self.json, str) else self.json
-            return kind, json.dumps(schema, sort_keys=True, separators=(",", ":"))
+            return kind, json.dumps(_canonical_schema(schema), separators=(",", ":"))
         if kind == "choice":
             return kind, json.dumps(self.choice)
         if kind == "json_object":
@@ -117,3 +119,17 @@ class StructuredOutputsParams:
         bound = attrs.evolve(self)
         object.__setattr__(bound, "_compiled", compiled)
         return bound
+
+
+def _canonical_schema(node: Any, *, ordered: bool = False) -> Any:
+    """``node`` with the keys of every mapping sorted, except those of a ``properties``
+    mapping (``ordered``), whose order is meaningful."""
+    if isinstance(node, dict):
+        items = node.items() if ordered else sorted(node.items())
+        return {
+            key: _canonical_schema(value, ordered=(key == "properties" and not ordered))
+            for key, value in items
+        }
+    if isinstance(node, list):
+        return [_canonical_schema(value) for value in node]
+    return node

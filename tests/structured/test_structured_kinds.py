@@ -209,3 +209,19 @@ def test_a_grammar_the_vocabulary_cannot_begin_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="no token of this model's vocabulary"):
         structured_outputs.compile(StructuredOutputsParams(json_object=True))
     assert structured_outputs.compile(StructuredOutputsParams(regex="w1[0-9]")) is not None
+
+
+def test_objects_keep_the_schema_property_order(llm: LLM) -> None:
+    # Property order is the order the keys are written in (OpenAI and vLLM keep it);
+    # other keyword order does not matter and shares the compiled grammar.
+    properties = {"zeta": {"type": "integer"}, "alpha": {"enum": ["a", "b"]}}
+    schema = {"type": "object", "properties": properties, "required": ["zeta", "alpha"]}
+    params = [structured(seed=seed, json=schema) for seed in range(4)]
+    for output in llm.generate(["{"] * 4, params, use_tqdm=False):
+        value = json.loads(output.outputs[0].text)
+        assert list(value) == ["zeta", "alpha"], output.outputs[0].text
+    shuffled = {"required": ["zeta", "alpha"], "properties": properties, "type": "object"}
+    reordered = {**schema, "properties": dict(reversed(properties.items()))}
+    key = StructuredOutputsParams(json=schema).key
+    assert StructuredOutputsParams(json=shuffled).key == key
+    assert StructuredOutputsParams(json=reordered).key != key
