@@ -1,0 +1,157 @@
+"""One tensor-parallel rank other than the driver's: its shard of the model, its KV
+cache shard, and the loop that runs every step the driver sends.
+
+The same `ShardWorker` runs in a local process (`worker_process_main`, the "mp"
+backend) and inside a Ray actor (the "ray" backend).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+from typing import Any
+
+import torch
+
+from corral.config import EngineArgs
+from corral.distributed.parallel_state import TensorParallelGroup
+from corral.distributed.tp_step import unpack_step
+from corral.model.kv_cache import PagedKVCache
+from corral.model.runner import run_forward
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)
+"""How long a collective waits for a rank that neither answers nor dies (a dead rank's
+closed connection fails the collective at once)."""
+
+
+def new_process_group(
+    host: str, port: int, rank: int, world_size: int, device: torch.device, *, is_master: bool
+) -> TensorParallelGroup:
+    """Join the ranks' rendezvous at ``host:port`` and connect them: gloo on CPU, NCCL on CUDA.
+
+    The process group is created directly (not as torch.distributed's default group),
+    so that one process can hold the groups of several engines.
+    """
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        host, port, world_size, is_master, timeout=datetime.timedelta(seconds=300)
+    )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = COLLECTIVE_TIMEOUT
+        group: Any = dist.ProcessGroupNCCL(store, rank, world_size, options)
+    else:
+        group = dist.ProcessGroupGloo(store, rank, world_size, COLLECTIVE_TIMEOUT)
+    # The group keeps using the store after the rendezvous; keep it alive with the group.
+    group._corral_store = store
+    return TensorParallelGroup(rank, world_size, group)
+
+
+class ShardWorker:
+    """Rank ``rank`` (> 0) of a tensor-parallel engine.
+
+    Args:
+        args: The engine's arguments (model, dtype, load format, ...).
+        rank: This rank.
+        host: The driver's rendezvous host.
+        port: The driver's rendezvous port.
+        device: Where this rank's shard lives.
+    """
+
+    def __init__(self, args: EngineArgs, rank: int, host: str, port: int, device: str) -> None:
+        self.args = args
+        self.rank = rank
+        self.host = host
+        self.port = port
+        self.device = torch.device(device)
+        self.group: TensorParallelGroup | None = None
+        self.model: Any = None
+        self.kv_cache: PagedKVCache | None = None
+
+    def join(self) -> None:
+        """Connect to the other ranks (returns once all of them, the driver too, joined)."""
+        self.group = new_process_group(
+            self.host,
+            self.port,
+            self.rank,
+            self.args.tensor_parallel_size,
+            self.device,
+            is_master=False,
+        )
+
+    def load(self) -> None:
+        """Build this rank's shard and read its slices of the checkpoint."""
+        from corral.model.loader import load_model
+
+        assert self.group is not None, "join() first"
+        torch.manual_seed(self.args.seed)
+        self.model, self.model_config = load_model(
+            self.args.model,
+            dtype=self.args.dtype,
+            load_format=self.args.load_format,
+            max_model_len=self.args.max_model_len,
+            device=str(self.device),
+            seed=self.args.seed,
+            tp=self.group,
+        )
+
+    def allocate_kv_cache(self, num_blocks: int, num_host_blocks: int) -> None:
+        """This rank's KV cache shard: the driver's block ids, this rank's heads."""
+        self.kv_cache = PagedKVCache(
+            self.model_config, self.args.block_size, num_blocks, num_host_blocks, self.device
+        )
+
+    def step(self, payload: bytes) -> None:
+        """Run one step the driver packed (block moves, forward, this rank's logits part)."""
+        assert self.kv_cache is not None, "allocate_kv_cache() first"
+        run_forward(self.model, self.kv_cache, unpack_step(payload, self.device))
+
+
+def worker_process_main(
+    args: EngineArgs, rank: int, host: str, port: int, device: str, conn: Any, threads: int
+) -> None:
+    """The "mp" backend's worker process: commands from the driver's pipe, until it closes.
+
+    Commands are ``("step", payload)``, ``("kv", num_blocks, num_host_blocks)`` and
+    ``("stop",)``. Setup replies ``("ready",)``; any failure replies ``("error", text)``
+    and ends the process, which fails the driver's next collective at once (a worker
+    that stayed would leave the driver waiting in it).
+    """
+    torch.set_num_threads(threads)
+    try:
+        worker = ShardWorker(args, rank, host, port, device)
+        conn.send(("started",))
+        worker.join()
+        worker.load()
+        conn.send(("ready",))
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # the driver is gone
+                return
+            if message[0] == "step":
+                worker.step(message[1])
+            elif message[0] == "kv":
+                worker.allocate_kv_cache(message[1], message[2])
+                conn.send(("ready",))
+            else:
+                return
+    except BaseException:
+        text = traceback.format_exc()
+        with _quietly():
+            conn.send(("error", text))
+        sys.stderr.write(f"corral tensor-parallel worker rank {rank}:\n{text}")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+class _quietly:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
