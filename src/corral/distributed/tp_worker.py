@@ -7,6 +7,7 @@ backend) and inside a Ray actor (the "ray" backend).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -16,9 +17,9 @@ from typing import Any
 import torch
 
 from corral.config import EngineArgs
-from corral.distributed.parallel_state import TensorParallelGroup
 from corral.distributed.tp_step import unpack_step
 from corral.model.kv_cache import PagedKVCache
+from corral.model.parallel_state import TensorParallelGroup
 from corral.model.runner import run_forward
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)
@@ -26,19 +27,31 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)
 closed connection fails the collective at once)."""
 
 
-def new_process_group(
-    host: str, port: int, rank: int, world_size: int, device: torch.device, *, is_master: bool
-) -> TensorParallelGroup:
-    """Join the ranks' rendezvous at ``host:port`` and connect them: gloo on CPU, NCCL on CUDA.
+def rendezvous_store(host: str, port: int, world_size: int, *, is_master: bool) -> Any:
+    """The key-value store where the ranks meet (the driver hosts it; ``port`` 0 picks one)."""
+    import torch.distributed as dist
 
-    The process group is created directly (not as torch.distributed's default group),
-    so that one process can hold the groups of several engines.
+    return dist.TCPStore(
+        host,
+        port,
+        world_size,
+        is_master,
+        timeout=datetime.timedelta(seconds=120),
+        wait_for_workers=False,
+    )
+
+
+def connect_group(
+    store: Any, rank: int, world_size: int, device: torch.device
+) -> TensorParallelGroup:
+    """Connect the ranks that meet at ``store``: gloo on CPU, NCCL on CUDA.
+
+    Returns once every rank connected. The process group is created directly (not as
+    torch.distributed's default group), so that one process can hold the groups of
+    several engines.
     """
     import torch.distributed as dist
 
-    store = dist.TCPStore(
-        host, port, world_size, is_master, timeout=datetime.timedelta(seconds=300)
-    )
     if device.type == "cuda":
         torch.cuda.set_device(device)
         options = dist.ProcessGroupNCCL.Options()
@@ -46,8 +59,6 @@ def new_process_group(
         group: Any = dist.ProcessGroupNCCL(store, rank, world_size, options)
     else:
         group = dist.ProcessGroupGloo(store, rank, world_size, COLLECTIVE_TIMEOUT)
-    # The group keeps using the store after the rendezvous; keep it alive with the group.
-    group._corral_store = store
     return TensorParallelGroup(rank, world_size, group)
 
 
@@ -74,21 +85,15 @@ class ShardWorker:
 
     def join(self) -> None:
         """Connect to the other ranks (returns once all of them, the driver too, joined)."""
-        self.group = new_process_group(
-            self.host,
-            self.port,
-            self.rank,
-            self.args.tensor_parallel_size,
-            self.device,
-            is_master=False,
-        )
+        world_size = self.args.tensor_parallel_size
+        store = rendezvous_store(self.host, self.port, world_size, is_master=False)
+        self.group = connect_group(store, self.rank, world_size, self.device)
 
     def load(self) -> None:
         """Build this rank's shard and read its slices of the checkpoint."""
         from corral.model.loader import load_model
 
         assert self.group is not None, "join() first"
-        torch.manual_seed(self.args.seed)
         self.model, self.model_config = load_model(
             self.args.model,
             dtype=self.args.dtype,
@@ -111,18 +116,19 @@ class ShardWorker:
         run_forward(self.model, self.kv_cache, unpack_step(payload, self.device))
 
 
-def worker_process_main(
-    args: EngineArgs, rank: int, host: str, port: int, device: str, conn: Any, threads: int
-) -> None:
+def worker_process_main(conn: Any) -> None:
     """The "mp" backend's worker process: commands from the driver's pipe, until it closes.
 
-    Commands are ``("step", payload)``, ``("kv", num_blocks, num_host_blocks)`` and
-    ``("stop",)``. Setup replies ``("ready",)``; any failure replies ``("error", text)``
-    and ends the process, which fails the driver's next collective at once (a worker
-    that stayed would leave the driver waiting in it).
+    The first message is ``("init", args, rank, host, port, device, threads)``; then come
+    ``("step", payload)``, ``("kv", num_blocks, num_host_blocks)`` and ``("stop",)``.
+    Setup steps reply ``("started",)`` and ``("ready",)``; any failure replies
+    ``("error", text)`` and ends the process, which fails the driver's next collective
+    at once (a worker that stayed would leave the driver waiting in it).
     """
-    torch.set_num_threads(threads)
+    rank = -1
     try:
+        _, args, rank, host, port, device, threads = conn.recv()
+        torch.set_num_threads(threads)
         worker = ShardWorker(args, rank, host, port, device)
         conn.send(("started",))
         worker.join()
@@ -142,16 +148,17 @@ def worker_process_main(
                 return
     except BaseException:
         text = traceback.format_exc()
-        with _quietly():
+        with contextlib.suppress(OSError, ValueError):
             conn.send(("error", text))
         sys.stderr.write(f"corral tensor-parallel worker rank {rank}:\n{text}")
         sys.stderr.flush()
         os._exit(1)
 
 
-class _quietly:
-    def __enter__(self) -> None:
-        return None
+if __name__ == "__main__":
+    # Started by `MultiprocessWorkers` as ``python -m corral.distributed.tp_worker FD``:
+    # a fresh interpreter that, unlike multiprocessing's spawn, does not re-import the
+    # driver's __main__ (a script without a main guard would run again in every rank).
+    from multiprocessing.connection import Connection
 
-    def __exit__(self, *exc: object) -> bool:
-        return True
+    worker_process_main(Connection(int(sys.argv[1])))

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from corral.distributed.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.config import (
     ModelConfig,
     auto_cpu_dtype,
@@ -22,6 +21,7 @@ from corral.model.config import (
 from corral.model.head_sizes import check_head_size
 from corral.model.layers.parallel import split_heads
 from corral.model.models.registry import resolve_architecture
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import init_dummy_weights, iterate_checkpoint
 
 logger = logging.getLogger(__name__)

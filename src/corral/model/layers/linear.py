@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from corral.distributed.parallel_state import SINGLE, TensorParallelGroup
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import CheckpointTensor, materialize
 
 

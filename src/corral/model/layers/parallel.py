@@ -6,7 +6,7 @@ import attrs
 import torch
 from torch import nn
 
-from corral.distributed.parallel_state import SINGLE, TensorParallelGroup
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import CheckpointTensor, materialize
 
 

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from corral.distributed.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.layers.activation import get_activation
 from corral.model.layers.attention import AttentionMetadata, KVCache, PagedAttention
 from corral.model.layers.linear import ColumnParallelLinear, RowParallelLinear
 from corral.model.layers.norm import LayerNorm
 from corral.model.layers.parallel import VocabParallelEmbedding, split_heads
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import CheckpointTensor, load_weights
 
 # GPT-2 checkpoints store these as Conv1D, [in_features, out_features]: the transpose

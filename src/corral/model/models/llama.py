@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from corral import ops
-from corral.distributed.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.config import hf_head_size, hf_num_kv_heads
 from corral.model.layers.activation import get_activation
 from corral.model.layers.attention import AttentionMetadata, KVCache, PagedAttention
@@ -24,6 +23,7 @@ from corral.model.layers.linear import MergedLinear, RowParallelLinear
 from corral.model.layers.norm import RMSNorm
 from corral.model.layers.parallel import ParallelLMHead, VocabParallelEmbedding, split_heads
 from corral.model.layers.rotary import RotaryEmbedding, rope_settings
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import CheckpointTensor, StackedParams, load_weights
 
 Rope = Callable[[torch.Tensor, torch.Tensor], None]
