@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -83,8 +84,8 @@ class Workers(abc.ABC):
         """Which worker died or failed, and how; None when all are alive."""
 
     @abc.abstractmethod
-    def shutdown(self) -> None:
-        """Stop every worker (idempotent)."""
+    def shutdown(self, failed: bool = False) -> None:
+        """Stop every worker (idempotent); ``failed``: after an error."""
 
     def runner(self, *args: Any, **kwargs: Any) -> TensorParallelRunner:
         """Rank 0's runner over the workers, once they loaded their shards and allocated
@@ -106,7 +107,7 @@ class Workers(abc.ABC):
         while diagnosis is None and time.monotonic() < deadline:
             time.sleep(0.05)
             diagnosis = self.diagnose()
-        self.shutdown()
+        self.shutdown(failed=True)
         if diagnosis is None:
             return cause
         return TensorParallelError(f"{diagnosis}; the tensor-parallel group is broken")
@@ -180,19 +181,76 @@ def connect_driver(
         thread.join(0.05)
         diagnosis = workers.diagnose()
         if diagnosis is not None or time.monotonic() > deadline:
-            workers.shutdown()
+            workers.shutdown(failed=True)
             raise TensorParallelError(
                 f"{diagnosis or 'the workers did not connect in time'} "
                 "while the tensor-parallel ranks were connecting"
             )
     if isinstance(result[0], BaseException):
-        workers.shutdown()
+        workers.shutdown(failed=True)
         raise TensorParallelError(f"the tensor-parallel ranks could not connect: {result[0]}")
     group: TensorParallelGroup = result[0]
     return group
 
 
-def _stop_processes(processes: list[subprocess.Popen[bytes]], conns: list[Any]) -> None:
+class _Pool:
+    def __init__(self) -> None:
+        self.idle: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+
+_pool: _Pool | None = None
+
+
+@contextlib.contextmanager
+def keep_worker_processes() -> Iterator[None]:
+    """Within this block, "mp" workers outlive their engine and serve the next one.
+
+    Starting a worker costs a fresh interpreter and torch's import (seconds on a busy
+    machine). A test suite or benchmark that opens many short-lived tensor-parallel
+    engines in one process opens this block once: a closed engine's workers drop
+    their shards and wait, idle, for the next engine. A worker of an engine that
+    failed is never kept. On exit the idle workers stop.
+    """
+    global _pool
+    if _pool is not None:
+        yield
+        return
+    _pool = pool = _Pool()
+    try:
+        yield
+    finally:
+        _pool = None
+        for process, conn in pool.idle:
+            _stop_processes([process], [conn], kill=True)
+
+
+def _start_process() -> tuple[subprocess.Popen[bytes], Any]:
+    if _pool is not None:
+        while _pool.idle:
+            process, conn = _pool.idle.pop()
+            if process.poll() is None:
+                return process, conn
+    parent, child = multiprocessing.Pipe()
+    command = [sys.executable, "-m", "corral.distributed.tp_worker", str(child.fileno())]
+    process = subprocess.Popen(command, pass_fds=[child.fileno()])
+    child.close()
+    return process, parent
+
+
+def _stop_processes(
+    processes: list[subprocess.Popen[bytes]], conns: list[Any], kill: bool | list[bool]
+) -> None:
+    failed = kill if isinstance(kill, bool) else any(kill)
+    pool = _pool
+    if pool is not None and not failed:
+        for process, conn in zip(processes, conns, strict=True):
+            with contextlib.suppress(OSError, ValueError, EOFError):
+                conn.send(("release",))
+                if conn.poll(30.0) and conn.recv() == ("released",):
+                    pool.idle.append((process, conn))
+                    continue
+            _stop_processes([process], [conn], kill=True)
+        return
     for conn in conns:
         with contextlib.suppress(OSError, ValueError):
             conn.send(("stop",))
@@ -221,18 +279,18 @@ class MultiprocessWorkers(Workers):
         store = rendezvous_store(host, 0, world_size, is_master=True)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.conns: list[Any] = []
-        self._finalizer = weakref.finalize(self, _stop_processes, self.processes, self.conns)
+        self._failed: list[bool] = []
+        self._finalizer = weakref.finalize(
+            self, _stop_processes, self.processes, self.conns, self._failed
+        )
         self._errors: dict[int, str] = {}
         threads = torch.get_num_threads()
         for rank in range(1, world_size):
-            parent, child = multiprocessing.Pipe()
-            command = [sys.executable, "-m", "corral.distributed.tp_worker", str(child.fileno())]
-            process = subprocess.Popen(command, pass_fds=[child.fileno()])
-            child.close()
+            process, conn = _start_process()
             self.processes.append(process)
-            self.conns.append(parent)
+            self.conns.append(conn)
             device_name = worker_device(device, rank)
-            parent.send(("init", args, rank, host, store.port, device_name, threads))
+            conn.send(("init", args, rank, host, store.port, device_name, threads))
         for rank in range(1, world_size):
             self._expect(rank, "started")
         self.group = connect_driver(store, world_size, device, self)
@@ -243,14 +301,14 @@ class MultiprocessWorkers(Workers):
         while not conn.poll(0.05):
             diagnosis = self.diagnose()
             if diagnosis is not None or time.monotonic() > deadline:
-                self.shutdown()
+                self.shutdown(failed=True)
                 raise TensorParallelError(
                     diagnosis or f"tensor-parallel worker rank {rank} did not answer in time"
                 )
         message = self._receive(rank)
         if message[0] != what:
             diagnosis = self.diagnose()
-            self.shutdown()
+            self.shutdown(failed=True)
             raise TensorParallelError(
                 diagnosis or f"tensor-parallel worker rank {rank} sent {message[0]!r}"
             )
@@ -303,5 +361,7 @@ class MultiprocessWorkers(Workers):
                 )
         return None
 
-    def shutdown(self) -> None:
+    def shutdown(self, failed: bool = False) -> None:
+        if failed:
+            self._failed.append(True)
         self._finalizer()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import sys
 import traceback
@@ -116,36 +117,49 @@ class ShardWorker:
         run_forward(self.model, self.kv_cache, unpack_step(payload, self.device))
 
 
+def _next(conn: Any) -> tuple[Any, ...]:
+    try:
+        message: tuple[Any, ...] = conn.recv()
+    except EOFError:  # the driver is gone
+        return ("stop",)
+    return message
+
+
 def worker_process_main(conn: Any) -> None:
     """The "mp" backend's worker process: commands from the driver's pipe, until it closes.
 
-    The first message is ``("init", args, rank, host, port, device, threads)``; then come
-    ``("step", payload)``, ``("kv", num_blocks, num_host_blocks)`` and ``("stop",)``.
-    Setup steps reply ``("started",)`` and ``("ready",)``; any failure replies
-    ``("error", text)`` and ends the process, which fails the driver's next collective
-    at once (a worker that stayed would leave the driver waiting in it).
+    ``("init", args, rank, host, port, device, threads)`` sets up a shard (replies
+    ``("started",)`` before connecting, ``("ready",)`` once loaded); then come
+    ``("step", payload)``, ``("kv", num_blocks, num_host_blocks)`` (replies
+    ``("ready",)``), and ``("release",)`` (drops the shard, replies ``("released",)``,
+    and waits for the next "init": see `keep_worker_processes`) or ``("stop",)``.
+    Any failure replies ``("error", text)`` and ends the process, which fails the
+    driver's next collective at once (a worker that stayed would leave it waiting).
     """
     rank = -1
     try:
-        _, args, rank, host, port, device, threads = conn.recv()
-        torch.set_num_threads(threads)
-        worker = ShardWorker(args, rank, host, port, device)
-        conn.send(("started",))
-        worker.join()
-        worker.load()
-        conn.send(("ready",))
         while True:
-            try:
-                message = conn.recv()
-            except EOFError:  # the driver is gone
+            message = _next(conn)
+            if message[0] != "init":
                 return
-            if message[0] == "step":
-                worker.step(message[1])
-            elif message[0] == "kv":
-                worker.allocate_kv_cache(message[1], message[2])
-                conn.send(("ready",))
-            else:
+            _, args, rank, host, port, device, threads = message
+            torch.set_num_threads(threads)
+            worker = ShardWorker(args, rank, host, port, device)
+            conn.send(("started",))
+            worker.join()
+            worker.load()
+            conn.send(("ready",))
+            while (message := _next(conn))[0] in ("step", "kv"):
+                if message[0] == "step":
+                    worker.step(message[1])
+                else:
+                    worker.allocate_kv_cache(message[1], message[2])
+                    conn.send(("ready",))
+            del worker
+            if message[0] != "release":
                 return
+            gc.collect()
+            conn.send(("released",))
     except BaseException:
         text = traceback.format_exc()
         with contextlib.suppress(OSError, ValueError):
