@@ -110,7 +110,7 @@ class Workers(abc.ABC):
         self.shutdown(failed=True)
         if diagnosis is None:
             return cause
-        return TensorParallelError(f"{diagnosis}; the tensor-parallel group is broken")
+        return TensorParallelError(f"{diagnosis} (the tensor-parallel group is broken)")
 
 
 class TensorParallelRunner(TorchModelRunner):
