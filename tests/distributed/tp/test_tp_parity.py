@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from corral.distributed.tp_executor import TensorParallelError
 from corral.llm import LLM
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
@@ -122,14 +123,17 @@ def test_swaps_and_copies_apply_on_every_rank(tp_zoo: TensorParallelZoo) -> None
         assert [c.token_ids for c in one.outputs] == [c.token_ids for c in two.outputs]
 
 
-def test_ray_backend_greedy_equals_single_rank_and_transformers(
-    tp_zoo: TensorParallelZoo,
-) -> None:
-    pytest.importorskip("ray")
+def test_ray_backend_matches_and_names_a_killed_actor(tp_zoo: TensorParallelZoo) -> None:
+    ray = pytest.importorskip("ray")
     llm = tensor_parallel_llm(tp_zoo, "llama", distributed_executor_backend="ray")
+    workers = llm.engine_core.runner.workers
     try:
         prompts = random_prompts(llm.model_config.vocab_size, PROMPT_LENGTHS, seed=11)
         parallel = generate(llm, prompts)
+        ray.kill(workers.actors[0])
+        with pytest.raises(TensorParallelError, match=r"rank 1 \(Ray actor [0-9a-f]+\) died"):
+            generate(llm, prompts[:1])
+        assert not workers.actors and workers.placement_group is None
     finally:
         llm.engine_core.runner.shutdown()
     assert_parity(tp_zoo, "llama", parallel)
