@@ -7,6 +7,7 @@ process, same run, by:
 
 - ``in_process_2_threads``: one `LLM`, torch on 2 threads (the model split over the
   cores by the GEMMs' own threading).
+- ``in_process_1_thread``: the same on 1 thread (what each rank's compute is split from).
 - ``tp2_1_thread_mp``: `LLM(tensor_parallel_size=2)` with the "mp" backend; each of the
   two ranks runs torch on 1 thread (``--ray``: also ``tp2_1_thread_ray``).
 
@@ -172,11 +173,13 @@ def tensor_parallel_rows(
 ) -> dict[str, Any]:
     """In-process 2 threads and TP=2 x 1 thread on the model saved in ``folder``.
 
-    Returns the JSON-ready rows, with ``tp2_over_in_process`` (throughput ratio) and
+    Returns the JSON-ready rows, with ``over_in_process`` (TP=2's throughput over the
+    2-thread process; ``over_in_process_1_thread`` over one thread) and
     whether the greedy tokens agree (up to near-ties, which random weights rarely hit).
     """
     rows: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     rows["in_process_2_threads"] = _in_process(folder, prompts, warmup, output_len, threads=2)
+    rows["in_process_1_thread"] = _in_process(folder, prompts, warmup, output_len, threads=1)
     rows["tp2_1_thread_mp"] = _tensor_parallel(folder, prompts, warmup, output_len, "mp")
     if ray:
         rows["tp2_1_thread_ray"] = _tensor_parallel(folder, prompts, warmup, output_len, "ray")
@@ -189,7 +192,11 @@ def tensor_parallel_rows(
                 row["output_tokens_per_s"] / base["output_tokens_per_s"], 3
             )
             row["same_tokens_as_in_process"] = row.pop("tokens") == base["tokens"]
+            row["over_in_process_1_thread"] = round(
+                row["output_tokens_per_s"] / rows["in_process_1_thread"]["output_tokens_per_s"], 3
+            )
     base.pop("tokens")
+    rows["in_process_1_thread"].pop("tokens")
     return rows
 
 
