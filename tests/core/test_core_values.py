@@ -91,7 +91,7 @@ def test_worker_use_ray_means_the_ray_executor() -> None:
     assert EngineArgs(model="m").executor_backend == "mp"
     assert EngineArgs(model="m", worker_use_ray=True).executor_backend == "ray"
     assert EngineArgs(model="m", distributed_executor_backend="ray").executor_backend == "ray"
-    with pytest.raises(ValueError, match="^distributed_executor_backend must be 'ray' or None"):
+    with pytest.raises(ValueError, match=r"^distributed_executor_backend must be 'ray' or None"):
         EngineArgs(model="m", worker_use_ray=True, distributed_executor_backend="mp")
 
 
