@@ -31,7 +31,7 @@ import torch
 from corral.config import EngineArgs
 from corral.core.interface import ModelRunnerOutput, SchedulerOutput
 from corral.distributed.tp_step import pack_step
-from corral.distributed.tp_worker import connect_group, rendezvous_store
+from corral.distributed.tp_worker import COLLECTIVE_TIMEOUT, connect_group, rendezvous_store
 from corral.model.parallel_state import TensorParallelGroup
 from corral.model.runner import ForwardStep, TorchModelRunner
 
@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT_S = 300.0
 """Longest wait for a worker to start, connect or load its shard (a large checkpoint)."""
+
+
+_DEATH_GRACE_S = 5.0
+"""How long a failed step looks for the rank that died (its exit may show late)."""
 
 
 class TensorParallelError(RuntimeError):
@@ -101,16 +105,24 @@ class Workers(abc.ABC):
         A collective broken by a dead rank names that rank; the workers are shut down
         either way, since a group that lost a rank cannot run another step.
         """
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + _DEATH_GRACE_S
         diagnosis = self.diagnose()
         # A killed rank's connections close as it dies; its exit may show a moment later.
         while diagnosis is None and time.monotonic() < deadline:
             time.sleep(0.05)
             diagnosis = self.diagnose()
         self.shutdown(failed=True)
-        if diagnosis is None:
-            return cause
-        return TensorParallelError(f"{diagnosis} (the tensor-parallel group is broken)")
+        if diagnosis is not None:
+            return TensorParallelError(f"{diagnosis} (the tensor-parallel group is broken)")
+        text = str(cause)
+        if isinstance(cause, RuntimeError) and any(
+            m in text for m in ("gloo", "NCCL", "Timed out")
+        ):
+            return TensorParallelError(
+                "a tensor-parallel collective failed while every worker is alive (one that "
+                f"hangs fails it after {COLLECTIVE_TIMEOUT.total_seconds():.0f} s): {text}"
+            )
+        return cause
 
 
 class TensorParallelRunner(TorchModelRunner):

@@ -11,9 +11,10 @@ from typing import Any
 import anyio
 import pytest
 
-from corral.distributed.tp_executor import TensorParallelError
+from corral.distributed.tp_executor import TensorParallelError, Workers
 from corral.engine import open_engine
 from corral.errors import EngineDeadError
+from corral.model.parallel_state import TensorParallelGroup
 from corral.sampling_params import SamplingParams
 from tests.distributed.tp.conftest import TensorParallelZoo
 
@@ -62,3 +63,36 @@ async def test_a_killed_worker_fails_every_live_stream_naming_its_rank(
     assert all(e.__cause__ is cause.value for e in errors)
     assert all("worker rank 1" in str(e) for e in errors)
     assert workers.processes[0].poll() is not None
+
+
+class _AliveWorkers(Workers):
+    """Workers that are all alive: a failed step is not explained by a death."""
+
+    group = TensorParallelGroup()
+    stopped = False
+
+    def wait_loaded(self) -> None: ...
+    def allocate_kv_cache(self, num_blocks: int, num_host_blocks: int) -> None: ...
+    def send_step(self, payload: bytes) -> None: ...
+    def finish_step(self) -> None: ...
+
+    def diagnose(self) -> str | None:
+        return None
+
+    def shutdown(self, failed: bool = False) -> None:
+        self.stopped = failed
+
+
+def test_a_timed_out_collective_with_every_worker_alive_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("corral.distributed.tp_executor._DEATH_GRACE_S", 0.1)
+    workers = _AliveWorkers()
+    timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 30000ms")
+    error = workers.failure(timeout)
+    assert isinstance(error, TensorParallelError)
+    assert "every worker is alive" in str(error) and "after 30 s" in str(error)
+    assert workers.stopped
+    # A failure of the driver's own code stays what it is.
+    bug = ValueError("a bug in rank 0")
+    assert workers.failure(bug) is bug
