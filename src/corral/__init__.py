@@ -25,6 +25,7 @@ if "torch" not in sys.modules:
 from corral.config import AsyncEngineArgs as AsyncEngineArgs
 from corral.config import EngineArgs as EngineArgs
 from corral.errors import CorralError as CorralError
+from corral.errors import DistributedError as DistributedError
 from corral.errors import EngineClosedError as EngineClosedError
 from corral.errors import EngineDeadError as EngineDeadError
 from corral.errors import NativeBuildError as NativeBuildError
@@ -73,6 +74,7 @@ __all__ = [
     "BeamSearchSequence",
     "CompletionOutput",
     "CorralError",
+    "DistributedError",
     "EngineArgs",
     "EngineClosedError",
     "EngineDeadError",

@@ -18,6 +18,7 @@ from corral.model.config import ModelConfig
 from corral.model.factory import num_device_blocks, resolve_device
 from corral.model.kv_cache import PagedKVCache, blocks_for_memory
 from corral.model.loader import load_model, resolve_model_path
+from corral.model.parallel_state import SINGLE
 from corral.model.runner import TorchModelRunner
 from corral.model.sampler import Sampler
 from corral.model.structured import StructuredOutputs
@@ -36,6 +37,11 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
         ValueError: for a model, tokenizer or configuration that cannot be served.
     """
     device = resolve_device(args.device)
+    workers = None
+    if args.tensor_parallel_size > 1:
+        from corral.distributed.tp_executor import start_workers
+
+        workers = start_workers(args, device)
     model, model_config = load_model(
         args.model,
         dtype=args.dtype,
@@ -43,6 +49,7 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
         max_model_len=args.max_model_len,
         device=str(device),
         seed=args.seed,
+        tp=workers.group if workers is not None else SINGLE,
     )
     tokenizer = load_tokenizer(
         resolve_model_path(args.tokenizer or args.model),
@@ -69,7 +76,9 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
     kv_cache = PagedKVCache(model_config, args.block_size, num_blocks, num_host_blocks, device)
     sampler = Sampler(eos_token_ids, args.seed, device)
     structured_outputs = StructuredOutputs(tokenizer, model_config.vocab_size, eos_token_ids)
-    runner = TorchModelRunner(model, model_config, kv_cache, sampler, structured_outputs)
+    runner = (workers.runner if workers is not None else TorchModelRunner)(
+        model, model_config, kv_cache, sampler, structured_outputs
+    )
     core = EngineCore(
         core_config, runner, eos_token_ids=eos_token_ids, detokenizer=Detokenizer(tokenizer)
     )

@@ -206,18 +206,19 @@ class EngineArgs:
                 self.distributed_executor_backend,
                 _EXECUTOR_BACKENDS,
             )
-        if self.tensor_parallel_size != 1:
-            raise NotSupportedError(
-                f"tensor_parallel_size={self.tensor_parallel_size}: "
-                "distributed inference is not supported yet (only 1)"
-            )
         if self.data_parallel_size != 1:
             raise NotSupportedError(
                 f"data_parallel_size={self.data_parallel_size}: "
                 "data-parallel replicas are not supported yet (only 1)"
             )
-        if self.worker_use_ray or self.engine_use_ray:
-            raise NotSupportedError("worker_use_ray / engine_use_ray: Ray is not supported yet")
+        if self.engine_use_ray:
+            raise NotSupportedError("engine_use_ray: Ray is not supported yet")
+        if self.worker_use_ray and self.distributed_executor_backend == "mp":
+            raise _bad(
+                "distributed_executor_backend",
+                "'ray' or None with worker_use_ray=True",
+                self.distributed_executor_backend,
+            )
         _positive("max_loras", self.max_loras)
         _positive("max_lora_rank", self.max_lora_rank)
         _positive("max_cpu_loras", self.max_cpu_loras)
@@ -242,6 +243,13 @@ class EngineArgs:
                     f"at least max_model_len={self.max_model_len} without chunked prefill",
                     self.max_num_batched_tokens,
                 )
+
+    @property
+    def executor_backend(self) -> str:
+        """How tensor-parallel ranks run: "ray" (actors) or "mp" (local processes)."""
+        if self.distributed_executor_backend is not None:
+            return self.distributed_executor_backend
+        return "ray" if self.worker_use_ray else "mp"
 
     def core_config(
         self, *, num_kv_blocks: int, num_host_blocks: int, max_model_len: int

@@ -31,3 +31,11 @@ class NativeBuildError(CorralError, RuntimeError):
 
     The message says what to install (a C++ compiler, ninja, the CUDA toolkit).
     """
+
+
+class DistributedError(CorralError, RuntimeError):
+    """A distributed engine cannot start: Ray is missing or its cluster unreachable.
+
+    The message says what to do (install ``corral[ray]``, start the cluster, or
+    fix ``ray_address``).
+    """

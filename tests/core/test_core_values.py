@@ -82,12 +82,17 @@ def test_engine_args_validate_fields() -> None:
         EngineArgs(model="m", block_size=0)
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"tensor_parallel_size": 2}, {"worker_use_ray": True}, {"engine_use_ray": True}]
-)
-def test_distributed_options_are_not_supported_yet(kwargs: dict) -> None:
+def test_engine_use_ray_is_not_supported_yet() -> None:
     with pytest.raises(NotSupportedError, match="not supported yet"):
-        EngineArgs(model="m", **kwargs)
+        EngineArgs(model="m", engine_use_ray=True)
+
+
+def test_worker_use_ray_means_the_ray_executor() -> None:
+    assert EngineArgs(model="m").executor_backend == "mp"
+    assert EngineArgs(model="m", worker_use_ray=True).executor_backend == "ray"
+    assert EngineArgs(model="m", distributed_executor_backend="ray").executor_backend == "ray"
+    with pytest.raises(ValueError, match=r"^distributed_executor_backend must be 'ray' or None"):
+        EngineArgs(model="m", worker_use_ray=True, distributed_executor_backend="mp")
 
 
 def test_core_config_defaults_the_budget() -> None:

@@ -47,11 +47,8 @@ _GENERATE_SKIP = (
 # supported"): offering them as flags would promise what corral does not do.
 _ENGINE_SKIP = (
     "model",
-    "tensor_parallel_size",
     "data_parallel_size",
-    "distributed_executor_backend",
     "ray_address",
-    "worker_use_ray",
     "engine_use_ray",
     "enable_lora",
     "max_loras",

@@ -28,7 +28,8 @@ class ModelConfig:
         dtype: The dtype of weights, activations and the KV cache.
         vocab_size: Rows of the output embedding; token ids must be below it.
         num_layers: Decoder layers, one KV cache per layer.
-        num_kv_heads: Key/value heads per layer.
+        num_kv_heads: Key/value heads per layer in this process's KV cache (a
+            tensor-parallel rank holds its share).
         head_size: Size of one attention head.
         max_model_len: Longest context (prompt plus output) the model accepts.
         eos_token_ids: Token ids that end generation unless ``ignore_eos``.

@@ -19,7 +19,9 @@ from corral.model.config import (
     hf_num_kv_heads,
 )
 from corral.model.head_sizes import check_head_size
+from corral.model.layers.parallel import split_heads
 from corral.model.models.registry import resolve_architecture
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import init_dummy_weights, iterate_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ def load_model(
     device: str = "cpu",
     seed: int = 0,
     revision: str | None = None,
+    tp: TensorParallelGroup = SINGLE,
 ) -> tuple[nn.Module, ModelConfig]:
     """Build the model for a local HF folder (or cached model id) and load its weights.
 
@@ -132,9 +135,13 @@ def load_model(
         device: Where the weights live ("cpu" or "cuda").
         seed: Seed of the dummy weights.
         revision: HF cache revision of a model id.
+        tp: The tensor-parallel group: the model built is this rank's shard, and only
+            this rank's slices of the checkpoint are read. Dummy weights are drawn per
+            shard, so they differ between tensor-parallel sizes.
 
     Returns:
-        The model in inference mode and its `ModelConfig`.
+        The model in inference mode and its `ModelConfig` (``num_kv_heads`` counts the
+        heads of this rank's KV cache).
 
     Raises:
         ValueError: for bad arguments, unsupported architectures, a head size the
@@ -157,7 +164,7 @@ def load_model(
     check_head_size(head_size, device, architecture)
     torch_dtype = resolve_dtype(dtype, hf_config, device)
     with _default_dtype(torch_dtype), torch.device(device):
-        module = model_class(architecture, hf_config, max_model_len)
+        module = model_class(architecture, hf_config, max_model_len, tp)
     if load_format == "dummy":
         init_dummy_weights(module, seed)
     else:
@@ -170,7 +177,9 @@ def load_model(
         dtype=torch_dtype,
         vocab_size=int(hf_config.vocab_size),
         num_layers=int(getattr(hf_config, "num_hidden_layers", None) or hf_config.n_layer),
-        num_kv_heads=hf_num_kv_heads(hf_config),
+        num_kv_heads=split_heads(
+            int(hf_config.num_attention_heads), hf_num_kv_heads(hf_config), tp
+        ).num_kv_heads,
         head_size=head_size,
         max_model_len=max_model_len,
         eos_token_ids=_eos_token_ids(folder, hf_config),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import torch
 from torch import nn
 
@@ -9,8 +10,51 @@ from corral.core.interface import Logprobs, ModelRunnerOutput, SchedulerOutput
 from corral.model.batch import ModelInput, prepare_input
 from corral.model.config import ModelConfig
 from corral.model.kv_cache import PagedKVCache
+from corral.model.layers.attention import AttentionMetadata
 from corral.model.sampler import Sampler, top_logprobs
 from corral.model.structured import StructuredOutputs
+
+
+@attrs.frozen
+class ForwardStep:
+    """What every tensor-parallel rank does in one step; the sampling stays with rank 0.
+
+    Attributes:
+        blocks_to_swap_out: ``(device block, host block)`` pairs, applied first.
+        blocks_to_swap_in: ``(host block, device block)`` pairs.
+        blocks_to_copy: ``(src, dst)`` device block pairs (copy-on-write).
+        input_ids: int64 [num_tokens]; None for a step that only moves blocks.
+        positions: int64 [num_tokens].
+        metadata: The attention layout of the batch.
+        logit_rows: Token indices whose logits the step needs (samples, then prompt logprobs).
+    """
+
+    blocks_to_swap_out: list[tuple[int, int]]
+    blocks_to_swap_in: list[tuple[int, int]]
+    blocks_to_copy: list[tuple[int, int]]
+    input_ids: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    metadata: AttentionMetadata | None = None
+    logit_rows: list[int] = attrs.field(factory=list)
+
+
+@torch.inference_mode()
+def run_forward(model: nn.Module, kv_cache: PagedKVCache, step: ForwardStep) -> torch.Tensor | None:
+    """Move the step's blocks, run the forward pass and return the logits of its rows.
+
+    Returns None when the step computes no logits, and on every tensor-parallel rank
+    but the first (the others only take part in the collectives).
+    """
+    kv_cache.swap_out(step.blocks_to_swap_out)
+    kv_cache.swap_in(step.blocks_to_swap_in)
+    kv_cache.copy(step.blocks_to_copy)
+    if step.input_ids is None or step.positions is None or step.metadata is None:
+        return None
+    hidden = model(step.input_ids, step.positions, kv_cache.layers, step.metadata)
+    if not step.logit_rows:
+        return None
+    rows = torch.tensor(step.logit_rows, device=hidden.device)
+    return model.compute_logits(hidden[rows])  # type: ignore[operator, no-any-return]
 
 
 class TorchModelRunner:
@@ -46,24 +90,25 @@ class TorchModelRunner:
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Move blocks, run the forward pass and sample (contract: `corral.core.interface`)."""
-        self.kv_cache.swap_out(scheduler_output.blocks_to_swap_out)
-        self.kv_cache.swap_in(scheduler_output.blocks_to_swap_in)
-        self.kv_cache.copy(scheduler_output.blocks_to_copy)
-        if not scheduler_output.seqs:
-            return ModelRunnerOutput()
-        model_input = prepare_input(scheduler_output, self.device)
-        hidden = self.model(
-            model_input.input_ids,
-            model_input.positions,
-            self.kv_cache.layers,
-            model_input.metadata,
+        step = ForwardStep(
+            scheduler_output.blocks_to_swap_out,
+            scheduler_output.blocks_to_swap_in,
+            scheduler_output.blocks_to_copy,
         )
-        rows = model_input.sample_indices + model_input.prompt_indices
-        if not rows:
+        model_input: ModelInput | None = None
+        if scheduler_output.seqs:
+            model_input = prepare_input(scheduler_output, self.device)
+            step = attrs.evolve(
+                step,
+                input_ids=model_input.input_ids,
+                positions=model_input.positions,
+                metadata=model_input.metadata,
+                logit_rows=model_input.sample_indices + model_input.prompt_indices,
+            )
+        self.begin_step(step)
+        logits = run_forward(self.model, self.kv_cache, step)
+        if logits is None or model_input is None:
             return ModelRunnerOutput()
-        logits = self.model.compute_logits(  # type: ignore[operator]
-            hidden[torch.tensor(rows, device=self.device)]
-        )
         num_sampled = len(model_input.sample_indices)
         output = ModelRunnerOutput()
         if num_sampled:
@@ -77,6 +122,10 @@ class TorchModelRunner:
         if model_input.prompt_spans:
             output.prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], model_input)
         return output
+
+    def begin_step(self, step: ForwardStep) -> None:
+        """Called before this process runs ``step``: a tensor-parallel runner sends it
+        to the other ranks here."""
 
     @staticmethod
     def _prompt_logprobs(

@@ -1,10 +1,16 @@
-"""Reading checkpoint tensors from a local model folder, and random weights for benchmarks."""
+"""Reading checkpoint tensors from a local model folder, and random weights for benchmarks.
+
+Checkpoint tensors are handed out unread where the format allows (`CheckpointSlice` over
+safetensors, memory-mapped tensors for pytorch_model.bin): a tensor-parallel rank narrows
+each to its own rows or columns first, so it reads only its slice of the file.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,15 +43,79 @@ def checkpoint_files(folder: str) -> list[str]:
     )
 
 
-def iterate_checkpoint(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) for every tensor in the folder's checkpoint, one file at a time."""
+class CheckpointSlice:
+    """A safetensors tensor not read yet; `narrow` and `t` select without reading.
+
+    Args:
+        source: safetensors' slice handle (``safe_open(...).get_slice(name)``).
+        ranges: ``(start, length)`` per dimension of the stored tensor; None: all of it.
+        transposed: Whether this view is the stored 2-D tensor's transpose.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        ranges: tuple[tuple[int, int], ...] | None = None,
+        transposed: bool = False,
+    ) -> None:
+        self._source = source
+        self._ranges = ranges or tuple((0, n) for n in source.get_shape())
+        self._transposed = transposed
+
+    @property
+    def shape(self) -> torch.Size:
+        sizes = [length for _, length in self._ranges]
+        return torch.Size(reversed(sizes) if self._transposed else sizes)
+
+    def dim(self) -> int:
+        return len(self._ranges)
+
+    def t(self) -> CheckpointSlice:
+        if self.dim() != 2:
+            raise ValueError(f"t(): the checkpoint tensor has {self.dim()} dimensions, not 2")
+        return CheckpointSlice(self._source, self._ranges, not self._transposed)
+
+    def narrow(self, dim: int, start: int, length: int) -> CheckpointSlice:
+        stored_dim = 1 - dim if self._transposed else dim
+        base, size = self._ranges[stored_dim]
+        if start < 0 or length < 0 or start + length > size:
+            raise ValueError(f"narrow({dim}, {start}, {length}) is outside {tuple(self.shape)}")
+        ranges = list(self._ranges)
+        ranges[stored_dim] = (base + start, length)
+        return CheckpointSlice(self._source, tuple(ranges), self._transposed)
+
+    def load(self) -> torch.Tensor:
+        """Read the selected part from the file."""
+        tensor = self._source[tuple(slice(a, a + n) for a, n in self._ranges)]
+        return tensor.t() if self._transposed else tensor
+
+
+CheckpointTensor = torch.Tensor | CheckpointSlice
+"""A checkpoint tensor, read (a tensor, maybe memory-mapped) or not yet (a `CheckpointSlice`)."""
+
+
+def materialize(tensor: CheckpointTensor) -> torch.Tensor:
+    """The tensor's values (reads a `CheckpointSlice` from its file)."""
+    return tensor.load() if isinstance(tensor, CheckpointSlice) else tensor
+
+
+ShardLoader = Callable[[CheckpointTensor], torch.Tensor]
+"""Attached to a sharded parameter as ``shard_loader``: the checkpoint's full tensor in,
+this rank's part out (raising ValueError when the full tensor has the wrong shape)."""
+
+
+def iterate_checkpoint(folder: str) -> Iterator[tuple[str, CheckpointTensor]]:
+    """Yield (name, tensor) for every tensor in the folder's checkpoint, one file at a time.
+
+    Tensors are not read until `materialize`d, so that a rank can narrow first.
+    """
     from safetensors import safe_open
 
     for path in checkpoint_files(folder):
         if path.endswith(".safetensors"):
             with safe_open(path, framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    yield name, CheckpointSlice(f.get_slice(name))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             yield from state.items()
@@ -77,7 +147,7 @@ StackedParams = list[tuple[str, str, str]]
 
 def load_weights(
     model: nn.Module,
-    weights: Iterator[tuple[str, torch.Tensor]],
+    weights: Iterator[tuple[str, CheckpointTensor]],
     stacked: StackedParams,
 ) -> None:
     """Copy checkpoint tensors into ``model``, fusing stacked matrices into their shards.
@@ -116,13 +186,21 @@ def load_weights(
                 raise ValueError(
                     f"checkpoint tensor {name!r} has no place in {type(model).__name__}"
                 )
-            if params[name].shape != tensor.shape:
+            shard_loader: ShardLoader | None = getattr(params[name], "shard_loader", None)
+            if shard_loader is not None:
+                try:
+                    value = shard_loader(tensor)
+                except ValueError as exc:
+                    raise ValueError(f"checkpoint tensor {name!r}: {exc}") from None
+            elif params[name].shape != tensor.shape:
                 raise ValueError(
                     f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(params[name].shape)}"
                 )
+            else:
+                value = materialize(tensor)
             with torch.no_grad():
-                params[name].copy_(tensor)
+                params[name].copy_(value)
         loaded.add(key)
     missing = sorted(expected - loaded)
     if missing:

@@ -10,8 +10,11 @@ from torch import nn
 
 from corral.model.layers.activation import get_activation
 from corral.model.layers.attention import AttentionMetadata, KVCache, PagedAttention
+from corral.model.layers.linear import ColumnParallelLinear, RowParallelLinear
 from corral.model.layers.norm import LayerNorm
-from corral.model.weights import load_weights
+from corral.model.layers.parallel import VocabParallelEmbedding, split_heads
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
+from corral.model.weights import CheckpointTensor, load_weights
 
 # GPT-2 checkpoints store these as Conv1D, [in_features, out_features]: the transpose
 # of nn.Linear's layout.
@@ -19,13 +22,15 @@ _CONV1D_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 class GPT2Attention(nn.Module):
-    def __init__(self, hf_config: Any) -> None:
+    def __init__(self, hf_config: Any, tp: TensorParallelGroup) -> None:
         super().__init__()
         hidden = int(hf_config.n_embd)
-        self.num_heads = int(hf_config.n_head)
-        self.head_size = hidden // self.num_heads
-        self.c_attn = nn.Linear(hidden, 3 * hidden)
-        self.c_proj = nn.Linear(hidden, hidden)
+        num_heads = int(hf_config.n_head)
+        self.head_size = hidden // num_heads
+        self.num_heads = split_heads(num_heads, num_heads, tp).num_heads
+        # The checkpoint's c_attn rows are q | k | v: each rank takes its heads of all three.
+        self.c_attn = ColumnParallelLinear(hidden, 3 * hidden, True, tp, partitions=3)
+        self.c_proj = RowParallelLinear(hidden, hidden, True, tp)
         scale = self.head_size**-0.5 if getattr(hf_config, "scale_attn_weights", True) else 1.0
         self.attn = PagedAttention(self.num_heads, self.num_heads, self.head_size, scale)
 
@@ -39,12 +44,12 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, hf_config: Any) -> None:
+    def __init__(self, hf_config: Any, tp: TensorParallelGroup) -> None:
         super().__init__()
         hidden = int(hf_config.n_embd)
         inner = int(hf_config.n_inner or 4 * hidden)
-        self.c_fc = nn.Linear(hidden, inner)
-        self.c_proj = nn.Linear(inner, hidden)
+        self.c_fc = ColumnParallelLinear(hidden, inner, True, tp)
+        self.c_proj = RowParallelLinear(inner, hidden, True, tp)
         self.act = get_activation(hf_config.activation_function)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -52,13 +57,13 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    def __init__(self, hf_config: Any) -> None:
+    def __init__(self, hf_config: Any, tp: TensorParallelGroup) -> None:
         super().__init__()
         hidden = int(hf_config.n_embd)
         self.ln_1 = LayerNorm(hidden, eps=hf_config.layer_norm_epsilon)
-        self.attn = GPT2Attention(hf_config)
+        self.attn = GPT2Attention(hf_config, tp)
         self.ln_2 = LayerNorm(hidden, eps=hf_config.layer_norm_epsilon)
-        self.mlp = GPT2MLP(hf_config)
+        self.mlp = GPT2MLP(hf_config, tp)
 
     def forward(
         self, hidden: torch.Tensor, kv_cache: KVCache, metadata: AttentionMetadata
@@ -68,11 +73,11 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
-    def __init__(self, hf_config: Any) -> None:
+    def __init__(self, hf_config: Any, tp: TensorParallelGroup) -> None:
         super().__init__()
-        self.wte = nn.Embedding(hf_config.vocab_size, hf_config.n_embd)
+        self.wte = VocabParallelEmbedding(hf_config.vocab_size, hf_config.n_embd, tp)
         self.wpe = nn.Embedding(hf_config.n_positions, hf_config.n_embd)
-        self.h = nn.ModuleList(GPT2Block(hf_config) for _ in range(hf_config.n_layer))
+        self.h = nn.ModuleList(GPT2Block(hf_config, tp) for _ in range(hf_config.n_layer))
         self.ln_f = LayerNorm(hf_config.n_embd, eps=hf_config.layer_norm_epsilon)
 
 
@@ -83,9 +88,16 @@ class GPT2LMHeadModel(nn.Module):
         architecture: The HF architecture name (only GPT2LMHeadModel).
         hf_config: The transformers GPT2Config.
         max_positions: Unused beyond validation: GPT-2's position table is learned.
+        tp: The tensor-parallel group this model is a shard of.
     """
 
-    def __init__(self, architecture: str, hf_config: Any, max_positions: int) -> None:
+    def __init__(
+        self,
+        architecture: str,
+        hf_config: Any,
+        max_positions: int,
+        tp: TensorParallelGroup = SINGLE,
+    ) -> None:
         super().__init__()
         if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
             raise ValueError("scale_attn_by_inverse_layer_idx: not supported yet")
@@ -94,7 +106,7 @@ class GPT2LMHeadModel(nn.Module):
                 f"max_model_len: {max_positions} exceeds GPT-2's {hf_config.n_positions} "
                 "learned positions"
             )
-        self.transformer = GPT2Model(hf_config)
+        self.transformer = GPT2Model(hf_config, tp)
 
     def forward(
         self,
@@ -109,14 +121,14 @@ class GPT2LMHeadModel(nn.Module):
             hidden = block(hidden, kv_cache, metadata)
         return self.transformer.ln_f(hidden)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [rows, vocab_size], through the tied token embedding."""
-        return torch.nn.functional.linear(hidden, self.transformer.wte.weight).float()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits [rows, vocab_size] through the tied token embedding (None off rank 0)."""
+        return self.transformer.wte.logits(hidden)
 
-    def load_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterator[tuple[str, CheckpointTensor]]) -> None:
         """Load an HF GPT-2 checkpoint (with or without the ``transformer.`` prefix)."""
 
-        def renamed() -> Iterator[tuple[str, torch.Tensor]]:
+        def renamed() -> Iterator[tuple[str, CheckpointTensor]]:
             for name, tensor in weights:
                 if name == "lm_head.weight" or name.endswith((".attn.bias", ".attn.masked_bias")):
                     continue

@@ -19,10 +19,12 @@ from corral import ops
 from corral.model.config import hf_head_size, hf_num_kv_heads
 from corral.model.layers.activation import get_activation
 from corral.model.layers.attention import AttentionMetadata, KVCache, PagedAttention
-from corral.model.layers.linear import MergedLinear
+from corral.model.layers.linear import MergedLinear, RowParallelLinear
 from corral.model.layers.norm import RMSNorm
+from corral.model.layers.parallel import ParallelLMHead, VocabParallelEmbedding, split_heads
 from corral.model.layers.rotary import RotaryEmbedding, rope_settings
-from corral.model.weights import StackedParams, load_weights
+from corral.model.parallel_state import SINGLE, TensorParallelGroup
+from corral.model.weights import CheckpointTensor, StackedParams, load_weights
 
 Rope = Callable[[torch.Tensor, torch.Tensor], None]
 """Rotates (query, key) in place at the batch's positions; built once per forward."""
@@ -53,17 +55,31 @@ def _sliding_window(hf_config: Any, layer: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, hf_config: Any, variant: _Variant, layer: int) -> None:
+    def __init__(
+        self, hf_config: Any, variant: _Variant, layer: int, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
-        self.num_heads = int(hf_config.num_attention_heads)
-        self.num_kv_heads = hf_num_kv_heads(hf_config)
+        num_heads = int(hf_config.num_attention_heads)
+        num_kv_heads = hf_num_kv_heads(hf_config)
         self.head_size = hf_head_size(hf_config)
-        q_size = self.num_heads * self.head_size
-        kv_size = self.num_kv_heads * self.head_size
+        heads = split_heads(num_heads, num_kv_heads, tp)
+        self.num_heads = heads.num_heads
+        self.num_kv_heads = heads.num_kv_heads
+        q_size = num_heads * self.head_size
+        kv_size = num_kv_heads * self.head_size
+        kv_slice = (heads.first_kv_head * self.head_size, heads.num_kv_heads * self.head_size)
         self.qkv_proj = MergedLinear(
-            hf_config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, bias=variant.qkv_bias
+            hf_config.hidden_size,
+            {"q": q_size, "k": kv_size, "v": kv_size},
+            bias=variant.qkv_bias,
+            tp=tp,
+            shard_slices={
+                "q": (heads.first_head * self.head_size, heads.num_heads * self.head_size),
+                "k": kv_slice,
+                "v": kv_slice,
+            },
         )
-        self.o_proj = nn.Linear(q_size, hf_config.hidden_size, bias=variant.o_bias)
+        self.o_proj = RowParallelLinear(q_size, hf_config.hidden_size, variant.o_bias, tp)
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
         if variant.qk_norm:
@@ -97,12 +113,14 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hf_config: Any) -> None:
+    def __init__(self, hf_config: Any, tp: TensorParallelGroup) -> None:
         super().__init__()
         size = int(hf_config.intermediate_size)
         bias = bool(getattr(hf_config, "mlp_bias", False))
-        self.gate_up_proj = MergedLinear(hf_config.hidden_size, {"gate": size, "up": size}, bias)
-        self.down_proj = nn.Linear(size, hf_config.hidden_size, bias=bias)
+        self.gate_up_proj = MergedLinear(
+            hf_config.hidden_size, {"gate": size, "up": size}, bias, tp
+        )
+        self.down_proj = RowParallelLinear(size, hf_config.hidden_size, bias, tp)
         self.fused_silu = hf_config.hidden_act in ("silu", "swish")
         self.act = get_activation(hf_config.hidden_act)
 
@@ -117,10 +135,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, hf_config: Any, variant: _Variant, layer: int) -> None:
+    def __init__(
+        self, hf_config: Any, variant: _Variant, layer: int, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(hf_config, variant, layer)
-        self.mlp = LlamaMLP(hf_config)
+        self.self_attn = LlamaAttention(hf_config, variant, layer, tp)
+        self.mlp = LlamaMLP(hf_config, tp)
         self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
 
@@ -148,11 +168,13 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, hf_config: Any, variant: _Variant, max_positions: int) -> None:
+    def __init__(
+        self, hf_config: Any, variant: _Variant, max_positions: int, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(hf_config.vocab_size, hf_config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(hf_config.vocab_size, hf_config.hidden_size, tp)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(hf_config, variant, i) for i in range(hf_config.num_hidden_layers)
+            LlamaDecoderLayer(hf_config, variant, i, tp) for i in range(hf_config.num_hidden_layers)
         )
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         base, scaling = rope_settings(hf_config)
@@ -166,13 +188,22 @@ class LlamaForCausalLM(nn.Module):
         architecture: The HF architecture name (selects the variant's flags).
         hf_config: The transformers config.
         max_positions: Longest context; sizes the rotary table.
+        tp: The tensor-parallel group this model is a shard of (heads, MLP features
+            and vocabulary are split over its ranks).
     """
 
-    def __init__(self, architecture: str, hf_config: Any, max_positions: int) -> None:
+    def __init__(
+        self,
+        architecture: str,
+        hf_config: Any,
+        max_positions: int,
+        tp: TensorParallelGroup = SINGLE,
+    ) -> None:
         super().__init__()
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
-        self.model = LlamaModel(hf_config, _variant(architecture, hf_config), max_positions)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        variant = _variant(architecture, hf_config)
+        self.model = LlamaModel(hf_config, variant, max_positions, tp)
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size, tp)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -193,11 +224,11 @@ class LlamaForCausalLM(nn.Module):
             return self.model.norm(hidden)
         return self.model.norm.add_and_norm(hidden, residual)[0]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [rows, vocab_size] of the given hidden states."""
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits [rows, vocab_size] of the given hidden states (None off rank 0)."""
+        return self.lm_head.logits(hidden)
 
-    def load_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterator[tuple[str, CheckpointTensor]]) -> None:
         """Load an HF checkpoint's tensors (q/k/v and gate/up are fused on the way in)."""
         stacked: StackedParams = [
             ("q_proj", "qkv_proj", "q"),
@@ -207,7 +238,7 @@ class LlamaForCausalLM(nn.Module):
             ("up_proj", "gate_up_proj", "up"),
         ]
 
-        def renamed() -> Iterator[tuple[str, torch.Tensor]]:
+        def renamed() -> Iterator[tuple[str, CheckpointTensor]]:
             for name, tensor in weights:
                 if "rotary_emb.inv_freq" in name:
                     continue
