@@ -93,9 +93,15 @@ class Rows {
   int64_t count_;
 };
 
-// Enough rows per thread that a task outweighs the pool's wake-up.
+// Enough rows per task that it outweighs the thread pool's wake-up (rows are
+// weighed by the elements they write). A decode step's rows (64 tokens: 32K to
+// 90K elements) stay on the calling thread: on a shared machine a parallel region
+// waits for a partner thread that may be descheduled, which cost up to 30 ms
+// against 0.1 ms of work (docs/kernels.md); a prefill chunk still splits.
+constexpr int64_t kElemsPerTask = 131072;
+
 int64_t grain_for(int64_t row_elems) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_elems, 1));
+  return std::max<int64_t>(1, kElemsPerTask / std::max<int64_t>(row_elems, 1));
 }
 
 template <typename T>
@@ -197,7 +203,7 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
     using T = scalar_t;
     const auto* x = input.const_data_ptr<T>();
     auto* o = out.data_ptr<T>();
-    at::parallel_for(0, in_rows.count(), grain_for(2 * d), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, in_rows.count(), grain_for(d), [&](int64_t begin, int64_t end) {
       const fVec one(1.0f);
       for (int64_t r = begin; r < end; ++r) {
         const T* gate = x + in_rows.offset(r);
