@@ -45,7 +45,9 @@ struct PartialState {
 // `scores` is scratch of num_kv_heads * group * kDecodeChunk floats. Slots are
 // walked in order and each slot's rows of all the task's kv heads are read
 // together, so the cache streams through memory instead of being read in strided
-// per-head pieces. Fills `state` (overwriting it).
+// per-head pieces. Slots go four at a time (the x4 row kernels): four scores share
+// one reduction and each output row is loaded and stored once per four values.
+// Fills `state` (overwriting it).
 constexpr int64_t kDecodeChunk = 256;
 
 template <typename T>
@@ -61,7 +63,22 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
   }
   for (int64_t c0 = begin; c0 < end; c0 += kDecodeChunk) {
     const int64_t n = std::min(kDecodeChunk, end - c0);
-    for (int64_t j = 0; j < n; ++j) {
+    const int64_t blocked = n - n % kKeyBlock;
+    for (int64_t j = 0; j < blocked; j += kKeyBlock) {
+      const T* k[kKeyBlock];
+      for (int i = 0; i < kKeyBlock; ++i) {
+        k[i] = view.key_row(c0 + j + i);
+      }
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        const T* kh[kKeyBlock];
+        for (int i = 0; i < kKeyBlock; ++i) {
+          kh[i] = k[i] + h * hs;
+        }
+        score_group_x4(q, h * group, group, hs, kh, scores + h * group * kDecodeChunk + j,
+                       kDecodeChunk);
+      }
+    }
+    for (int64_t j = blocked; j < n; ++j) {
       const T* k = view.key_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         score_group(q, h * group, group, hs, k + h * hs, scores + h * group * kDecodeChunk + j,
@@ -78,7 +95,21 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
         scale_row(state.acc + r * hs, hs, rescale);
       }
     }
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = 0; j < blocked; j += kKeyBlock) {
+      const T* v[kKeyBlock];
+      for (int i = 0; i < kKeyBlock; ++i) {
+        v[i] = view.value_row(c0 + j + i);
+      }
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        const T* vh[kKeyBlock];
+        for (int i = 0; i < kKeyBlock; ++i) {
+          vh[i] = v[i] + h * hs;
+        }
+        axpy_group_x4(state.acc + h * group * hs, group, hs,
+                      scores + h * group * kDecodeChunk + j, kDecodeChunk, vh);
+      }
+    }
+    for (int64_t j = blocked; j < n; ++j) {
       const T* v = view.value_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         axpy_group(state.acc + h * group * hs, group, hs, scores + h * group * kDecodeChunk + j,

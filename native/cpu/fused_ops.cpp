@@ -5,6 +5,7 @@
 // intermediate to the activation dtype (the normalized row before the weight, the
 // activation before the product), the kernels round at the same place so that
 // bfloat16 results match it as closely as float32 ones do.
+#include "../fused_op_checks.h"
 #include "vec_math.h"
 
 #include <ATen/ATen.h>
@@ -39,14 +40,11 @@ inline float round_to(float x) {
   return static_cast<float>(static_cast<T>(x));
 }
 
-void check_cpu(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-}
-
-void check_float_dtype(const at::Tensor& t, const char* op, const char* name) {
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op, ": ",
-              name, " dtype must be float32, bfloat16 or float16, got ", dtype);
+// The device half of the shared checks: every tensor of a CPU op lives on the CPU.
+auto on_cpu(const char* op) {
+  return [op](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  };
 }
 
 // Calls fn(T{}) for the storage type of a float32 / bfloat16 / float16 tensor
@@ -73,9 +71,7 @@ class Rows {
   Rows(const at::Tensor& t, const char* op, const char* name)
       : sizes_(t.sizes().begin(), t.sizes().end() - 1),
         strides_(t.strides().begin(), t.strides().end() - 1) {
-    TORCH_CHECK(t.dim() >= 1, op, ": ", name, " must have at least one dimension");
-    TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) <= 1, op, ": ", name,
-                " must be contiguous in its last dimension, got strides ", t.strides());
+    fused_checks::check_last_dim_contiguous(t, op, name);
     count_ = 1;
     for (const int64_t s : sizes_) {
       count_ *= s;
@@ -97,9 +93,15 @@ class Rows {
   int64_t count_;
 };
 
-// Enough rows per thread that a task outweighs the pool's wake-up.
+// Enough rows per task that it outweighs the thread pool's wake-up (rows are
+// weighed by the elements they write). A decode step's rows (64 tokens: 32K to
+// 90K elements) stay on the calling thread: on a shared machine a parallel region
+// waits for a partner thread that may be descheduled, which cost up to 30 ms
+// against 0.1 ms of work (docs/kernels.md); a prefill chunk still splits.
+constexpr int64_t kElemsPerTask = 131072;
+
 int64_t grain_for(int64_t row_elems) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_elems, 1));
+  return std::max<int64_t>(1, kElemsPerTask / std::max<int64_t>(row_elems, 1));
 }
 
 template <typename T>
@@ -132,30 +134,10 @@ void normalize_row(T* out, const T* x, const T* weight, int64_t n, float inv_rms
   }
 }
 
-void check_norm_args(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
-                     double epsilon, const char* op, const char* out_name) {
-  check_cpu(out, op, out_name);
-  check_cpu(input, op, "input");
-  check_cpu(weight, op, "weight");
-  check_float_dtype(input, op, "input");
-  TORCH_CHECK(out.scalar_type() == input.scalar_type() &&
-                  weight.scalar_type() == input.scalar_type(),
-              op, ": ", out_name, ", input and weight must share one dtype, got ",
-              out.scalar_type(), ", ", input.scalar_type(), ", ", weight.scalar_type());
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op,
-              ": input must be [..., hidden_size] with hidden_size > 0, got ", input.sizes());
-  TORCH_CHECK(out.sizes() == input.sizes(), op, ": ", out_name, " shape ", out.sizes(),
-              " differs from input shape ", input.sizes());
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), op,
-              ": weight must be [hidden_size] = [", input.size(-1), "], got ", weight.sizes());
-  TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous");
-  TORCH_CHECK(epsilon >= 0.0, op, ": epsilon must be non-negative, got ", epsilon);
-}
-
 void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
               double epsilon) {
   constexpr const char* op = "rms_norm";
-  check_norm_args(out, input, weight, epsilon, op, "out");
+  fused_checks::check_norm_args(out, input, weight, epsilon, op, "out", on_cpu(op));
   const Rows in_rows(input, op, "input");
   const Rows out_rows(out, op, "out");
   const int64_t n = input.size(-1);
@@ -178,9 +160,8 @@ void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight
 void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight,
                         double epsilon) {
   constexpr const char* op = "fused_add_rms_norm";
-  check_norm_args(residual, input, weight, epsilon, op, "residual");
-  TORCH_CHECK(input.numel() == 0 || input.data_ptr() != residual.data_ptr(), op,
-              ": input and residual must be different tensors");
+  fused_checks::check_norm_args(residual, input, weight, epsilon, op, "residual", on_cpu(op));
+  fused_checks::check_distinct(input, residual, op);
   const Rows in_rows(input, op, "input");
   const Rows res_rows(residual, op, "residual");
   const int64_t n = input.size(-1);
@@ -210,24 +191,10 @@ void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tenso
   });
 }
 
-void check_gated_args(const at::Tensor& out, const at::Tensor& input, const char* op) {
-  check_cpu(out, op, "out");
-  check_cpu(input, op, "input");
-  check_float_dtype(input, op, "input");
-  TORCH_CHECK(out.scalar_type() == input.scalar_type(), op, ": out dtype ", out.scalar_type(),
-              " differs from input dtype ", input.scalar_type());
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) % 2 == 0, op,
-              ": input must be [..., 2 * d], got ", input.sizes());
-  auto expected = input.sizes().vec();
-  expected.back() /= 2;
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), op, ": out must be ", expected,
-              " for input ", input.sizes(), ", got ", out.sizes());
-}
-
 // out = T(T(silu(gate)) * up) with gate = input[..., :d] and up = input[..., d:].
 void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
   constexpr const char* op = "silu_and_mul";
-  check_gated_args(out, input, op);
+  fused_checks::check_gated_args(out, input, op, on_cpu(op));
   const Rows in_rows(input, op, "input");
   const Rows out_rows(out, op, "out");
   const int64_t d = out.size(-1);
@@ -236,7 +203,7 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
     using T = scalar_t;
     const auto* x = input.const_data_ptr<T>();
     auto* o = out.data_ptr<T>();
-    at::parallel_for(0, in_rows.count(), grain_for(2 * d), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, in_rows.count(), grain_for(d), [&](int64_t begin, int64_t end) {
       const fVec one(1.0f);
       for (int64_t r = begin; r < end; ++r) {
         const T* gate = x + in_rows.offset(r);
@@ -261,14 +228,7 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
 // The tanh approximation of GELU (GPT-2's gelu_new), out-of-place.
 void gelu_tanh(at::Tensor& out, const at::Tensor& input) {
   constexpr const char* op = "gelu_tanh";
-  check_cpu(out, op, "out");
-  check_cpu(input, op, "input");
-  check_float_dtype(input, op, "input");
-  TORCH_CHECK(out.scalar_type() == input.scalar_type(), op, ": out dtype ", out.scalar_type(),
-              " differs from input dtype ", input.scalar_type());
-  TORCH_CHECK(out.sizes() == input.sizes(), op, ": out shape ", out.sizes(),
-              " differs from input shape ", input.sizes());
-  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+  fused_checks::check_same_shape_args(out, input, op, on_cpu(op));
   const Rows in_rows(input, op, "input");
   const Rows out_rows(out, op, "out");
   const int64_t n = input.size(-1);
@@ -299,33 +259,7 @@ void gelu_tanh(at::Tensor& out, const at::Tensor& input) {
   });
 }
 
-// Where one of query/key keeps its heads: per token a run of heads of head_size
-// entries, head_stride apart.
-struct HeadLayout {
-  int64_t num_heads;
-  int64_t token_stride;
-  int64_t head_stride;
-};
-
-HeadLayout head_layout(const at::Tensor& t, int64_t num_tokens, int64_t head_size,
-                       const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name,
-              " must be [num_tokens, num_heads * head_size] or [num_tokens, num_heads, "
-              "head_size], got ",
-              t.sizes());
-  TORCH_CHECK(t.size(0) == num_tokens, op, ": ", name, " has ", t.size(0),
-              " tokens but positions has ", num_tokens);
-  TORCH_CHECK(t.stride(-1) == 1, op, ": ", name,
-              " must be contiguous in its last dimension, got strides ", t.strides());
-  if (t.dim() == 3) {
-    TORCH_CHECK(t.size(2) == head_size, op, ": ", name, " head size ", t.size(2),
-                " differs from head_size ", head_size);
-    return {t.size(1), t.stride(0), t.stride(1)};
-  }
-  TORCH_CHECK(t.size(1) % head_size == 0, op, ": ", name, " width ", t.size(1),
-              " is not a multiple of head_size ", head_size);
-  return {t.size(1) / head_size, t.stride(0), head_size};
-}
+using fused_checks::HeadLayout;
 
 template <typename T, typename C>
 void rotate_head(T* x, const C* cos, const C* sin, int64_t rot_dim, bool is_neox) {
@@ -365,39 +299,18 @@ void rotate_head(T* x, const C* cos, const C* sin, int64_t rot_dim, bool is_neox
 void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
                       int64_t head_size, const at::Tensor& cos_sin_cache, bool is_neox) {
   constexpr const char* op = "rotary_embedding";
-  check_cpu(positions, op, "positions");
-  check_cpu(query, op, "query");
-  check_cpu(key, op, "key");
-  check_cpu(cos_sin_cache, op, "cos_sin_cache");
-  check_float_dtype(query, op, "query");
-  TORCH_CHECK(key.scalar_type() == query.scalar_type(), op, ": key dtype ", key.scalar_type(),
-              " differs from query dtype ", query.scalar_type());
-  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat ||
-                  cos_sin_cache.scalar_type() == query.scalar_type(),
-              op, ": cos_sin_cache must be float32 or the query's dtype (", query.scalar_type(),
-              "), got ", cos_sin_cache.scalar_type());
+  const auto on_device = on_cpu(op);
+  on_device(positions, "positions");
+  const int64_t rot_dim =
+      fused_checks::check_rotary_args(query, key, head_size, cos_sin_cache, op, on_device);
   TORCH_CHECK(positions.scalar_type() == at::kLong, op, ": positions must be int64, got ",
               positions.scalar_type());
-  TORCH_CHECK(positions.dim() == 1, op, ": positions must be [num_tokens], got ",
-              positions.sizes());
-  TORCH_CHECK(head_size > 0, op, ": head_size must be positive, got ", head_size);
-  TORCH_CHECK(cos_sin_cache.dim() == 2 && cos_sin_cache.is_contiguous(), op,
-              ": cos_sin_cache must be a contiguous [max_position, rot_dim], got ",
-              cos_sin_cache.sizes());
-  const int64_t rot_dim = cos_sin_cache.size(1);
-  TORCH_CHECK(rot_dim > 0 && rot_dim % 2 == 0 && rot_dim <= head_size, op,
-              ": cos_sin_cache's rot_dim ", rot_dim,
-              " must be even, positive and at most head_size ", head_size);
-  const int64_t num_tokens = positions.size(0);
-  const HeadLayout q = head_layout(query, num_tokens, head_size, op, "query");
-  const HeadLayout k = head_layout(key, num_tokens, head_size, op, "key");
   const at::Tensor pos_c = positions.contiguous();
+  fused_checks::check_positions(pos_c, cos_sin_cache.size(0), op);
+  const int64_t num_tokens = pos_c.size(0);
+  const HeadLayout q = fused_checks::head_layout(query, num_tokens, head_size, op, "query");
+  const HeadLayout k = fused_checks::head_layout(key, num_tokens, head_size, op, "key");
   const int64_t* pos = pos_c.const_data_ptr<int64_t>();
-  const int64_t max_position = cos_sin_cache.size(0);
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    TORCH_CHECK(pos[t] >= 0 && pos[t] < max_position, op, ": positions[", t, "] = ", pos[t],
-                " is outside the cos_sin_cache's ", max_position, " positions");
-  }
   const int64_t heads = q.num_heads + k.num_heads;
   dispatch_float_types(query.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -429,29 +342,16 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
 // no [rows, vocab] result written (what log_softmax + gather would cost).
 void token_logprobs(at::Tensor& out, const at::Tensor& logits, const at::Tensor& token_ids) {
   constexpr const char* op = "token_logprobs";
-  check_cpu(out, op, "out");
-  check_cpu(logits, op, "logits");
-  check_cpu(token_ids, op, "token_ids");
-  TORCH_CHECK(logits.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat, op,
-              ": logits and out must be float32, got ", logits.scalar_type(), " and ",
-              out.scalar_type());
-  TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0, op,
-              ": logits must be [rows, vocab] with vocab > 0, got ", logits.sizes());
-  TORCH_CHECK(logits.stride(1) == 1, op, ": logits must be contiguous in the vocab dimension");
+  const auto on_device = on_cpu(op);
+  fused_checks::check_token_logprobs_args(out, logits, op, on_device);
+  on_device(token_ids, "token_ids");
   TORCH_CHECK(token_ids.scalar_type() == at::kLong, op, ": token_ids must be int64, got ",
               token_ids.scalar_type());
   const int64_t rows = logits.size(0);
   const int64_t vocab = logits.size(1);
-  TORCH_CHECK(token_ids.dim() == 1 && token_ids.size(0) == rows, op,
-              ": token_ids must be [rows] = [", rows, "], got ", token_ids.sizes());
-  TORCH_CHECK(out.dim() == 1 && out.size(0) == rows && out.is_contiguous(), op,
-              ": out must be a contiguous [rows] = [", rows, "], got ", out.sizes());
   const at::Tensor ids_c = token_ids.contiguous();
+  fused_checks::check_token_ids(ids_c, rows, vocab, op);
   const int64_t* ids = ids_c.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(ids[r] >= 0 && ids[r] < vocab, op, ": token_ids[", r, "] = ", ids[r],
-                " is outside the vocabulary of ", vocab);
-  }
   const float* x = logits.const_data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int64_t stride = logits.stride(0);

@@ -9,8 +9,9 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 #include <immintrin.h>
+
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 #define CORRAL_AVX512_BF16 1
 #endif
 
@@ -96,6 +97,105 @@ inline void axpy_group(float* acc, int64_t rows, int64_t head_size, const float*
   });
 }
 
+// Four key (or value) rows handled together: a block of consecutive positions.
+constexpr int kKeyBlock = 4;
+
+// Runs `kernel(group size, first row)` over `rows` rows in groups of up to two:
+// the four-key kernels hold 4 x group accumulators, and two rows are what fits in
+// the sixteen AVX2 registers beside the four key vectors.
+template <typename Kernel>
+inline void for_row_pairs(int64_t rows, Kernel&& kernel) {
+  int64_t g = 0;
+  for (; g + 2 <= rows; g += 2) {
+    kernel(std::integral_constant<int, 2>{}, g);
+  }
+  if (g < rows) {
+    kernel(std::integral_constant<int, 1>{}, g);
+  }
+}
+
+// out[0:4] = the horizontal sums of a, b, c, d. With AVX2 the four reductions
+// share three hadds (one reduction alone costs about as many shuffles); that
+// reduction, not the multiply-adds, was the larger part of a 64-wide dot product.
+inline void reduce_add4(const fVec& a, const fVec& b, const fVec& c, const fVec& d,
+                        float* out) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+  const __m256 ab = _mm256_hadd_ps(a, b);
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+#else
+  out[0] = a.reduce_add();
+  out[1] = b.reduce_add();
+  out[2] = c.reduce_add();
+  out[3] = d.reduce_add();
+#endif
+}
+
+// scores[g * score_stride + i] = dot(q[g], k[i]) for NG rows and four keys.
+template <int NG, typename T>
+inline void dot_rows_x4(const float* q, int64_t head_size, const T* const* k, float* scores,
+                        int64_t score_stride) {
+  fVec sums[kKeyBlock][NG];
+  for (int i = 0; i < kKeyBlock; ++i) {
+    for (int g = 0; g < NG; ++g) {
+      sums[i][g] = fVec(0.0f);
+    }
+  }
+  for (int64_t d = 0; d < head_size; d += kVec) {
+    fVec kv[kKeyBlock];
+    for (int i = 0; i < kKeyBlock; ++i) {
+      kv[i] = load_f32(k[i] + d);
+    }
+    for (int g = 0; g < NG; ++g) {
+      const fVec qv = fVec::loadu(q + g * head_size + d);
+      for (int i = 0; i < kKeyBlock; ++i) {
+        sums[i][g] = fmadd(qv, kv[i], sums[i][g]);
+      }
+    }
+  }
+  for (int g = 0; g < NG; ++g) {
+    reduce_add4(sums[0][g], sums[1][g], sums[2][g], sums[3][g], scores + g * score_stride);
+  }
+}
+
+// acc[g] += sum_i p[g * p_stride + i] * v[i] for NG rows and four value rows: each
+// output vector is loaded and stored once per four values instead of once per value.
+template <int NG, typename T>
+inline void axpy_rows_x4(float* acc, int64_t head_size, const float* p, int64_t p_stride,
+                         const T* const* v) {
+  fVec weights[kKeyBlock][NG];
+  for (int i = 0; i < kKeyBlock; ++i) {
+    for (int g = 0; g < NG; ++g) {
+      weights[i][g] = fVec(p[g * p_stride + i]);
+    }
+  }
+  for (int64_t d = 0; d < head_size; d += kVec) {
+    fVec vv[kKeyBlock];
+    for (int i = 0; i < kKeyBlock; ++i) {
+      vv[i] = load_f32(v[i] + d);
+    }
+    for (int g = 0; g < NG; ++g) {
+      float* a = acc + g * head_size + d;
+      fVec sum = fVec::loadu(a);
+      for (int i = 0; i < kKeyBlock; ++i) {
+        sum = fmadd(weights[i][g], vv[i], sum);
+      }
+      sum.store(a);
+    }
+  }
+}
+
+// acc[g] += sum_i p[g * p_stride + i] * v[i] for `rows` rows and four value rows.
+template <typename T>
+inline void axpy_group_x4(float* acc, int64_t rows, int64_t head_size, const float* p,
+                          int64_t p_stride, const T* const* v) {
+  for_row_pairs(rows, [&](auto ng, int64_t g) {
+    axpy_rows_x4<decltype(ng)::value>(acc + g * head_size, head_size, p + g * p_stride,
+                                      p_stride, v);
+  });
+}
+
 // The query rows of a decode task, in the two forms the score kernels use.
 template <typename T>
 struct QueryRows {
@@ -109,6 +209,19 @@ template <typename T>
 inline void score_group(const QueryRows<T>& q, int64_t first_row, int64_t rows,
                         int64_t head_size, const T* k, float* scores, int64_t score_stride) {
   dot_group(q.scaled + first_row * head_size, rows, head_size, k, scores, score_stride);
+}
+
+// scores[g * score_stride + i] = scale * dot(q[first_row + g], k[i]) for `rows`
+// rows and four keys.
+template <typename T>
+inline void score_group_x4(const QueryRows<T>& q, int64_t first_row, int64_t rows,
+                           int64_t head_size, const T* const* k, float* scores,
+                           int64_t score_stride) {
+  const float* qs = q.scaled + first_row * head_size;
+  for_row_pairs(rows, [&](auto ng, int64_t g) {
+    dot_rows_x4<decltype(ng)::value>(qs + g * head_size, head_size, k, scores + g * score_stride,
+                                     score_stride);
+  });
 }
 
 #ifdef CORRAL_AVX512_BF16
@@ -152,6 +265,17 @@ inline void score_group<at::BFloat16>(const QueryRows<at::BFloat16>& q, int64_t 
     dot_rows_bf16<decltype(ng)::value>(raw + g * head_size, head_size, k, q.scale,
                                        scores + g * score_stride, score_stride);
   });
+}
+
+// vdpbf16ps needs no conversion and no reduction trick: one key at a time.
+template <>
+inline void score_group_x4<at::BFloat16>(const QueryRows<at::BFloat16>& q, int64_t first_row,
+                                         int64_t rows, int64_t head_size,
+                                         const at::BFloat16* const* k, float* scores,
+                                         int64_t score_stride) {
+  for (int i = 0; i < kKeyBlock; ++i) {
+    score_group(q, first_row, rows, head_size, k[i], scores + i, score_stride);
+  }
 }
 #endif
 

@@ -1,6 +1,7 @@
 // The fused element-wise ops for CUDA tensors: rms_norm, fused_add_rms_norm,
-// silu_and_mul, gelu_tanh and rotary_embedding. Checks mirror the CPU kernels'
-// (same messages, so one set of bad-input tests holds both backends).
+// silu_and_mul, gelu_tanh, rotary_embedding and token_logprobs. The argument checks
+// are the CPU kernels' own (../fused_op_checks.h), so one set of bad-input tests
+// holds both backends.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,6 +9,7 @@
 
 #include <vector>
 
+#include "../fused_op_checks.h"
 #include "fused_kernels.h"
 #include "host_index.h"
 
@@ -28,17 +30,19 @@ FusedDtype fused_dtype(const at::Tensor& t, const char* op, const char* name) {
   }
 }
 
-void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(),
-              " but input is on ", like.device());
+// The device half of the shared checks: every tensor of the op on one CUDA device,
+// the first one checked (`like_name`: the op's main input) deciding which.
+auto on_cuda(const char* op, const at::Tensor& like, const char* like_name) {
+  return [op, &like, like_name](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+    TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but ",
+                like_name, " is on ", like.device());
+  };
 }
 
 // Collapses the leading dimensions of t into at most two levels of strides.
 RowLayout row_layout(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() >= 1, op, ": ", name, " must have at least one dimension");
-  TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) <= 1, op, ": ", name,
-              " must be contiguous in its last dimension, got strides ", t.strides());
+  fused_checks::check_last_dim_contiguous(t, op, name);
   std::vector<int64_t> sizes;
   std::vector<int64_t> strides;
   for (int64_t d = t.dim() - 2; d >= 0; --d) {
@@ -66,26 +70,6 @@ RowLayout row_layout(const at::Tensor& t, const char* op, const char* name) {
 
 int64_t num_rows(const at::Tensor& t) { return t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
 
-void check_norm_args(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
-                     double epsilon, const char* op, const char* out_name) {
-  TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor, got ", input.device());
-  check_cuda(out, input, op, out_name);
-  check_cuda(weight, input, op, "weight");
-  fused_dtype(input, op, "input");
-  TORCH_CHECK(out.scalar_type() == input.scalar_type() &&
-                  weight.scalar_type() == input.scalar_type(),
-              op, ": ", out_name, ", input and weight must share one dtype, got ",
-              out.scalar_type(), ", ", input.scalar_type(), ", ", weight.scalar_type());
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op,
-              ": input must be [..., hidden_size] with hidden_size > 0, got ", input.sizes());
-  TORCH_CHECK(out.sizes() == input.sizes(), op, ": ", out_name, " shape ", out.sizes(),
-              " differs from input shape ", input.sizes());
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(-1), op,
-              ": weight must be [hidden_size] = [", input.size(-1), "], got ", weight.sizes());
-  TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous");
-  TORCH_CHECK(epsilon >= 0.0, op, ": epsilon must be non-negative, got ", epsilon);
-}
-
 cudaStream_t stream_of(const at::Tensor& t) {
   return at::cuda::getCurrentCUDAStream(t.device().index());
 }
@@ -93,7 +77,8 @@ cudaStream_t stream_of(const at::Tensor& t) {
 void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
               double epsilon) {
   constexpr const char* op = "rms_norm";
-  check_norm_args(out, input, weight, epsilon, op, "out");
+  fused_checks::check_norm_args(out, input, weight, epsilon, op, "out",
+                                on_cuda(op, input, "input"));
   const RowLayout in_rows = row_layout(input, op, "input");
   const RowLayout out_rows = row_layout(out, op, "out");
   if (num_rows(input) == 0) {
@@ -108,9 +93,9 @@ void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight
 void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight,
                         double epsilon) {
   constexpr const char* op = "fused_add_rms_norm";
-  check_norm_args(residual, input, weight, epsilon, op, "residual");
-  TORCH_CHECK(input.numel() == 0 || input.data_ptr() != residual.data_ptr(), op,
-              ": input and residual must be different tensors");
+  fused_checks::check_norm_args(residual, input, weight, epsilon, op, "residual",
+                                on_cuda(op, input, "input"));
+  fused_checks::check_distinct(input, residual, op);
   const RowLayout in_rows = row_layout(input, op, "input");
   const RowLayout res_rows = row_layout(residual, op, "residual");
   if (num_rows(input) == 0) {
@@ -123,23 +108,9 @@ void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tenso
       stream_of(input)));
 }
 
-void check_unary_args(const at::Tensor& out, const at::Tensor& input, const char* op) {
-  TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor, got ", input.device());
-  check_cuda(out, input, op, "out");
-  fused_dtype(input, op, "input");
-  TORCH_CHECK(out.scalar_type() == input.scalar_type(), op, ": out dtype ", out.scalar_type(),
-              " differs from input dtype ", input.scalar_type());
-}
-
 void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
   constexpr const char* op = "silu_and_mul";
-  check_unary_args(out, input, op);
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) % 2 == 0, op,
-              ": input must be [..., 2 * d], got ", input.sizes());
-  auto expected = input.sizes().vec();
-  expected.back() /= 2;
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(expected), op, ": out must be ", expected,
-              " for input ", input.sizes(), ", got ", out.sizes());
+  fused_checks::check_gated_args(out, input, op, on_cuda(op, input, "input"));
   const RowLayout in_rows = row_layout(input, op, "input");
   const RowLayout out_rows = row_layout(out, op, "out");
   if (out.numel() == 0) {
@@ -153,9 +124,7 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
 
 void gelu_tanh(at::Tensor& out, const at::Tensor& input) {
   constexpr const char* op = "gelu_tanh";
-  check_unary_args(out, input, op);
-  TORCH_CHECK(out.sizes() == input.sizes(), op, ": out shape ", out.sizes(),
-              " differs from input shape ", input.sizes());
+  fused_checks::check_same_shape_args(out, input, op, on_cuda(op, input, "input"));
   const RowLayout in_rows = row_layout(input, op, "input");
   const RowLayout out_rows = row_layout(out, op, "out");
   if (out.numel() == 0) {
@@ -169,60 +138,26 @@ void gelu_tanh(at::Tensor& out, const at::Tensor& input) {
 
 HeadRows head_rows(at::Tensor& t, int64_t num_tokens, int64_t head_size, const char* op,
                    const char* name) {
-  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name,
-              " must be [num_tokens, num_heads * head_size] or [num_tokens, num_heads, "
-              "head_size], got ",
-              t.sizes());
-  TORCH_CHECK(t.size(0) == num_tokens, op, ": ", name, " has ", t.size(0),
-              " tokens but positions has ", num_tokens);
-  TORCH_CHECK(t.stride(-1) == 1, op, ": ", name,
-              " must be contiguous in its last dimension, got strides ", t.strides());
-  if (t.dim() == 3) {
-    TORCH_CHECK(t.size(2) == head_size, op, ": ", name, " head size ", t.size(2),
-                " differs from head_size ", head_size);
-    return {t.data_ptr(), t.size(1), t.stride(0), t.stride(1)};
-  }
-  TORCH_CHECK(t.size(1) % head_size == 0, op, ": ", name, " width ", t.size(1),
-              " is not a multiple of head_size ", head_size);
-  return {t.data_ptr(), t.size(1) / head_size, t.stride(0), head_size};
+  const fused_checks::HeadLayout layout =
+      fused_checks::head_layout(t, num_tokens, head_size, op, name);
+  return {t.data_ptr(), layout.num_heads, layout.token_stride, layout.head_stride};
 }
 
 void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
                       int64_t head_size, const at::Tensor& cos_sin_cache, bool is_neox) {
   constexpr const char* op = "rotary_embedding";
-  TORCH_CHECK(query.is_cuda(), op, ": query must be a CUDA tensor, got ", query.device());
-  check_cuda(key, query, op, "key");
-  check_cuda(cos_sin_cache, query, op, "cos_sin_cache");
+  const int64_t rot_dim = fused_checks::check_rotary_args(query, key, head_size, cos_sin_cache,
+                                                           op, on_cuda(op, query, "query"));
   const FusedDtype dtype = fused_dtype(query, op, "query");
-  TORCH_CHECK(key.scalar_type() == query.scalar_type(), op, ": key dtype ", key.scalar_type(),
-              " differs from query dtype ", query.scalar_type());
   const bool cache_is_float = cos_sin_cache.scalar_type() == at::kFloat;
-  TORCH_CHECK(cache_is_float || cos_sin_cache.scalar_type() == query.scalar_type(), op,
-              ": cos_sin_cache must be float32 or the query's dtype (", query.scalar_type(),
-              "), got ", cos_sin_cache.scalar_type());
-  TORCH_CHECK(head_size > 0, op, ": head_size must be positive, got ", head_size);
-  TORCH_CHECK(cos_sin_cache.dim() == 2 && cos_sin_cache.is_contiguous(), op,
-              ": cos_sin_cache must be a contiguous [max_position, rot_dim], got ",
-              cos_sin_cache.sizes());
-  const int64_t rot_dim = cos_sin_cache.size(1);
-  TORCH_CHECK(rot_dim > 0 && rot_dim % 2 == 0 && rot_dim <= head_size, op,
-              ": cos_sin_cache's rot_dim ", rot_dim,
-              " must be even, positive and at most head_size ", head_size);
   // Positions index the table: checked on the host like every other index
   // (one small copy and a synchronisation when they live on the device).
   const at::Tensor pos_host =
       index_on_host(positions, op, "positions", at::kLong, query.device());
-  TORCH_CHECK(pos_host.dim() == 1, op, ": positions must be [num_tokens], got ",
-              pos_host.sizes());
+  fused_checks::check_positions(pos_host, cos_sin_cache.size(0), op);
   const int64_t num_tokens = pos_host.size(0);
   const HeadRows q = head_rows(query, num_tokens, head_size, op, "query");
   const HeadRows k = head_rows(key, num_tokens, head_size, op, "key");
-  const int64_t* pos = pos_host.data_ptr<int64_t>();
-  const int64_t max_position = cos_sin_cache.size(0);
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    TORCH_CHECK(pos[t] >= 0 && pos[t] < max_position, op, ": positions[", t, "] = ", pos[t],
-                " is outside the cos_sin_cache's ", max_position, " positions");
-  }
   if (num_tokens == 0) {
     return;
   }
@@ -235,27 +170,12 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
 
 void token_logprobs(at::Tensor& out, const at::Tensor& logits, const at::Tensor& token_ids) {
   constexpr const char* op = "token_logprobs";
-  TORCH_CHECK(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
-  check_cuda(out, logits, op, "out");
-  TORCH_CHECK(logits.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat, op,
-              ": logits and out must be float32, got ", logits.scalar_type(), " and ",
-              out.scalar_type());
-  TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0, op,
-              ": logits must be [rows, vocab] with vocab > 0, got ", logits.sizes());
-  TORCH_CHECK(logits.stride(1) == 1, op, ": logits must be contiguous in the vocab dimension");
+  fused_checks::check_token_logprobs_args(out, logits, op, on_cuda(op, logits, "logits"));
   const int64_t rows = logits.size(0);
   const int64_t vocab = logits.size(1);
   const at::Tensor ids_host =
       index_on_host(token_ids, op, "token_ids", at::kLong, logits.device());
-  TORCH_CHECK(ids_host.dim() == 1 && ids_host.size(0) == rows, op,
-              ": token_ids must be [rows] = [", rows, "], got ", ids_host.sizes());
-  TORCH_CHECK(out.dim() == 1 && out.size(0) == rows && out.is_contiguous(), op,
-              ": out must be a contiguous [rows] = [", rows, "], got ", out.sizes());
-  const int64_t* ids = ids_host.data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(ids[r] >= 0 && ids[r] < vocab, op, ": token_ids[", r, "] = ", ids[r],
-                " is outside the vocabulary of ", vocab);
-  }
+  fused_checks::check_token_ids(ids_host, rows, vocab, op);
   if (rows == 0) {
     return;
   }

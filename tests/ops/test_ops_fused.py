@@ -3,7 +3,7 @@ rotary_embedding) against the plain-torch reference, and their input checks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -198,6 +198,56 @@ def test_rotary_embedding_neox_turns_pairs_half_a_head_apart() -> None:
     key_gptj = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     ops.rotary_embedding(torch.zeros(1, dtype=torch.int64), key, key_gptj, 4, table, False)
     assert key_gptj.tolist() == [[-2.0, 1.0, -4.0, 3.0]]
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+# Rows enough that the CPU kernels split them into several tasks (a task holds at
+# least 131072 written elements: a prefill chunk's rows, never a decode step's).
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [64, 700])
+def test_fused_ops_match_reference_on_prefill_sized_batches(
+    dtype: torch.dtype, tokens: int
+) -> None:
+    tol = FUSED_TOLERANCES[dtype]
+    hidden, inter, heads, kv_heads, head = 512, 1408, 8, 4, 64
+    x = randn(tokens, hidden, dtype=dtype, device="cpu", seed=1)
+    residual = randn(tokens, hidden, dtype=dtype, device="cpu", seed=2)
+    weight = randn(hidden, dtype=dtype, device="cpu", seed=3)
+    out, expected = torch.empty_like(x), torch.empty_like(x)
+    ops.rms_norm(out, x, weight, 1e-6)
+    reference.rms_norm(expected, x, weight, 1e-6)
+    torch.testing.assert_close(out, expected, **tol)
+
+    y, y_ref, r_ref = x.clone(), x.clone(), residual.clone()
+    ops.fused_add_rms_norm(y, residual, weight, 1e-6)
+    reference.fused_add_rms_norm(y_ref, r_ref, weight, 1e-6)
+    assert torch.equal(residual, r_ref)
+    torch.testing.assert_close(y, y_ref, **tol)
+
+    gate_up = randn(tokens, 2 * inter, dtype=dtype, device="cpu", seed=4)
+    act, act_ref = (torch.empty(tokens, inter, dtype=dtype) for _ in range(2))
+    ops.silu_and_mul(act, gate_up)
+    reference.silu_and_mul(act_ref, gate_up)
+    torch.testing.assert_close(act, act_ref, **tol)
+
+    qkv = randn(tokens, (heads + 2 * kv_heads) * head, dtype=dtype, device="cpu", seed=5)
+    expected_qkv = qkv.clone()
+    positions = torch.randint(0, 1024, (tokens,), generator=torch.Generator().manual_seed(6))
+    table = cos_sin_cache(1024, head, torch.float32)
+    q_end, k_end = heads * head, (heads + kv_heads) * head
+    ops.rotary_embedding(positions, qkv[:, :q_end], qkv[:, q_end:k_end], head, table, True)
+    reference.rotary_embedding(
+        positions, expected_qkv[:, :q_end], expected_qkv[:, q_end:k_end], head, table, True
+    )
+    torch.testing.assert_close(qkv, expected_qkv, **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)

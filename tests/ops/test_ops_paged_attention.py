@@ -12,6 +12,7 @@ from corral import ops
 from corral.ops import reference
 from tests.ops.paged_cases import (
     DEVICES,
+    DTYPES,
     TOLERANCES,
     BatchSpec,
     batch_specs,
@@ -57,6 +58,29 @@ def many_threads() -> Iterator[None]:
 )
 @given(spec=batch_specs())
 def test_matches_reference_on_mixed_batches(device: str, spec: BatchSpec) -> None:
+    check_against_reference(spec, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seq_len", [1, 3, 4, 5, 7, 8, 259, 262])
+@pytest.mark.parametrize(("num_kv_heads", "group"), [(3, 1), (2, 2), (2, 3), (1, 5)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_over_key_blocks_and_their_tail_matches_reference(
+    device: str, seq_len: int, num_kv_heads: int, group: int, dtype: torch.dtype
+) -> None:
+    """Decode walks keys four at a time with a tail of one to three, over every kv
+    head of a slot and every row pair of a group (a lone last row included)."""
+    spec = BatchSpec(
+        seq_lens=(seq_len, seq_len + 1),
+        q_lens=(1, 1),
+        num_kv_heads=num_kv_heads,
+        group=group,
+        head_size=64,
+        block_size=16,
+        dtype=dtype,
+        sliding_window=-1,
+        seed=seq_len,
+    )
     check_against_reference(spec, device)
 
 
