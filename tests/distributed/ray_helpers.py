@@ -56,11 +56,15 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture(params=[False, True], ids=["in_process", "engine_use_ray"])
-def engine_use_ray(request: pytest.FixtureRequest) -> bool:
-    """Runs a test with the engine core in-process and in a Ray actor."""
-    if request.param:
-        request.getfixturevalue("ray_session")
-    return bool(request.param)
+def engine_use_ray(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Runs a test with the engine core in-process and in a Ray actor; afterwards no
+    engine actor may be left alive."""
+    if not request.param:
+        yield False
+        return
+    request.getfixturevalue("ray_session")
+    yield True
+    assert live_engine_actors() == []
 
 
 @asynccontextmanager
