@@ -31,10 +31,14 @@ def test_seed_constructor_maps_positional_and_keyword_engine_args() -> None:
     assert same.engine_args == engine.engine_args and not same.start_engine_loop
 
 
-@pytest.mark.parametrize("flags", [(True, False), (False, True)])
-def test_ray_is_refused_naming_its_issue(flags: tuple[bool, bool]) -> None:
-    with pytest.raises(NotSupportedError, match="issue 14"):
-        AsyncLLMEngine(*flags, model="m")
+def test_seed_constructor_takes_engine_use_ray() -> None:
+    engine = AsyncLLMEngine(False, True, model="m", data_parallel_size=2)
+    assert engine.engine_args.engine_use_ray and engine.engine_args.data_parallel_size == 2
+
+
+def test_worker_use_ray_is_refused_until_ray_workers_exist() -> None:
+    with pytest.raises(NotSupportedError, match="worker_use_ray"):
+        AsyncLLMEngine(True, False, model="m")
 
 
 def test_seed_constructor_rejects_bad_arguments() -> None:
