@@ -371,9 +371,11 @@ class AsyncEngine:
         The engine loop publishes this snapshot after each step (before handing the
         step's outputs to the streams); reading it never touches the core, which may
         be in the middle of the next step in a worker thread. With several replicas,
-        the sum over them all (`replica_stats` has each one's).
+        the sum over the live ones (a dead replica's cache and queues are gone;
+        `replica_stats` has each one's, the dead ones' as of their last step).
         """
-        return aggregate_stats([r.loop.stats for r in self._replicas])
+        live = [r.loop.stats for r in self._replicas if r.alive]
+        return aggregate_stats(live or [r.loop.stats for r in self._replicas])
 
     async def next_stats(self) -> EngineStats:
         """Wait for the snapshot the engine loop publishes after its next step, and
