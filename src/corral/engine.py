@@ -140,6 +140,10 @@ class AsyncEngine:
             health[replica.name] = None if fault is None else f"{type(fault).__name__}: {fault}"
         return health
 
+    def replica_nodes(self) -> dict[str, str | None]:
+        """Each replica's name and the Ray node it runs on (None for an in-process core)."""
+        return {r.name: getattr(r.core, "node_id", None) for r in self._replicas}
+
     def replica_stats(self) -> dict[str, EngineStats]:
         """Each replica's statistics as of its last step boundary."""
         return {r.name: r.loop.stats for r in self._replicas}

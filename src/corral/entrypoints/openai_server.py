@@ -123,9 +123,11 @@ def build_app(
         replicas = ctx.engine.replica_health()
         if len(replicas) == 1:
             return Response(status_code=status)
+        nodes = ctx.engine.replica_nodes()
         body = {
             "replicas": {
-                name: {"alive": error is None, "error": error} for name, error in replicas.items()
+                name: {"alive": error is None, "error": error, "node": nodes[name]}
+                for name, error in replicas.items()
             }
         }
         return JSONResponse(body, status_code=status)
