@@ -553,6 +553,11 @@ async def _run_engine(
             if start_engine_loop:
                 for loop in loops:
                     await tg.start(loop.run)
+            watchers: list[anyio.CancelScope] = []
+            for replica in engine._replicas:
+                if hasattr(replica.core, "wait_dead"):
+                    watchers.append(anyio.CancelScope())
+                    tg.start_soon(_watch_replica, replica, watchers[-1])
             engine._task_group = tg
             engine._state = "running"
             try:
@@ -562,6 +567,9 @@ async def _run_engine(
                     yield engine
             finally:
                 engine._state = "closed"
+                # Closing kills the actors on purpose: that is no replica's death.
+                for watcher in watchers:
+                    watcher.cancel()
                 for loop in loops:
                     loop.stop()
                 # An owner-run loop (start_engine_loop=False) lives in another task
@@ -703,6 +711,21 @@ async def open_ray_engine(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(actors.shutdown)
+
+
+async def _watch_replica(replica: Replica, scope: anyio.CancelScope) -> None:
+    """Kill the replica's loop when its actor dies, even while the loop sleeps idle
+    (else the router would keep sending it requests that could only fail)."""
+    with scope:
+        # The thread waits on the actor until it dies or is killed when the engine
+        # closes; it is abandoned on cancellation rather than holding the block open.
+        error = await anyio.to_thread.run_sync(
+            replica.core.wait_dead,  # type: ignore[attr-defined]
+            abandon_on_cancel=True,
+            limiter=anyio.CapacityLimiter(1),
+        )
+        if replica.loop.fault is None:
+            replica.loop.die(error)
 
 
 def _has_detokenizer(core: CoreLike) -> bool:

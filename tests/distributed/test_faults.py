@@ -78,6 +78,27 @@ async def test_dead_replica_fails_only_its_own_requests() -> None:
     assert live_engine_actors() == []
 
 
+@pytest.mark.usefixtures("ray_session")
+async def test_idle_replicas_deaths_are_seen_and_the_last_one_kills_the_engine() -> None:
+    with anyio.fail_after(DEAD_WITHIN):
+        with pytest.raises(DistributedError, match="corral-engine-"):
+            async with open_fake_engine(True, data_parallel_size=2, log_stats=False) as engine:
+                first, second = engine._replicas
+                kill(first.core)
+                # No request is in flight: the actor's death is noticed all the same.
+                while first.alive:
+                    await first.loop.wait_published()  # a death wakes its readers
+                assert engine.is_running
+                async with engine.generate(None, greedy(2), prompt_token_ids=[1]) as stream:
+                    assert [o.finished async for o in stream][-1]
+                kill(second.core)
+                while engine.is_running:
+                    await second.loop.wait_published()
+                with pytest.raises(EngineDeadError, match="corral-engine-"):
+                    engine.generate(None, greedy(1), prompt_token_ids=[1])
+    assert live_engine_actors() == []
+
+
 async def test_ray_missing_is_a_clear_error_at_open_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -247,6 +247,8 @@ class EngineLoop:
         """Mark the engine dead: every live stream raises `EngineDeadError` from `cause`."""
         self.fault = cause
         self.stopping = True
+        if self._wake is not None:
+            self._wake.set()
         self._wake_stats_readers()
         states = {id(s): s for s in (*self.live.values(), *self._in_core.values())}
         states.update((id(s), s) for _, s in self._inbox)

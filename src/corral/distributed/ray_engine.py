@@ -98,6 +98,8 @@ def start_engine_actors(
                 name=name,
                 num_cpus=cpus,
                 max_restarts=0,
+                # One thread for `watch`, one for the core's calls.
+                max_concurrency=2,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     group, placement_group_bundle_index=index
                 ),

@@ -9,6 +9,7 @@ A dead actor is a step that raised: `step` raises `DistributedError` naming it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,10 +46,13 @@ class CoreDescription:
 class EngineCoreActor:
     """The body of the Ray actor that owns an `EngineCore` (made remote by `ray_engine`).
 
-    Ray runs one method at a time on it, which is the core's single-caller contract.
+    It runs with two threads: `watch` blocks in one for the actor's whole life (so
+    that the caller learns of its death even while idle), `step` and `describe` run
+    in the other, one call at a time, which is the core's single-caller contract.
     """
 
     def __init__(self, factory: CoreFactory) -> None:
+        self._forever = threading.Event()
         built = factory()
         if isinstance(built, tuple):
             self.core, self._tokenizer, self._model_config = built
@@ -67,6 +71,10 @@ class EngineCoreActor:
             self._model_config,
             ray.get_runtime_context().get_node_id(),
         )
+
+    def watch(self) -> None:
+        """Never returns: a call pending on it fails when the actor dies."""
+        self._forever.wait()
 
     def step(
         self, adds: list[AddCommand], aborts: list[str]
@@ -105,6 +113,7 @@ class RemoteCore:
         # Ids the actor's core holds (or will once the queued adds travel), until
         # their final output comes back.
         self._unfinished: set[str] = set()
+        self._watch = actor.watch.remote()
 
     def add_request(
         self,
@@ -152,9 +161,7 @@ class RemoteCore:
         try:
             outputs, stats = ray.get(self.actor.step.remote(adds, aborts))
         except RayActorError as exc:
-            raise DistributedError(
-                f"the engine actor {self.name!r} died: {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
+            raise self._died(exc) from None
         except RayTaskError as exc:
             # The step itself raised: re-raise that error as the local core would.
             cause = exc.cause
@@ -166,6 +173,22 @@ class RemoteCore:
             if output.finished:
                 self._unfinished.discard(output.request_id)
         return list(outputs)
+
+    def wait_dead(self) -> DistributedError:
+        """Block until the actor dies; return the error that names it."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            ray.get(self._watch)
+        except RayActorError as exc:
+            return self._died(exc)
+        raise AssertionError("EngineCoreActor.watch returned")
+
+    def _died(self, exc: BaseException) -> DistributedError:
+        return DistributedError(
+            f"the engine actor {self.name!r} died: {type(exc).__name__}: {_first_line(exc)}"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
