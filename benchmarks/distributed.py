@@ -33,6 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# corral sets the OpenMP wait policy to PASSIVE when it is imported before torch (see
+# corral/__init__.py); the actors import it first, so the in-process row must too,
+# or its threads spin against the actors' on a shared machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import anyio
 import torch
 

@@ -685,7 +685,13 @@ async def open_ray_engine(
         DistributedError: Ray is missing, the cluster unreachable or too small.
     """
     from corral.distributed.ray_engine import start_engine_actors
+    from corral.distributed.ray_utils import init_ray
 
+    # In this thread, not a worker thread: a local Ray instance's processes die with
+    # the thread that started them (their parent-death signal is per thread), and
+    # anyio retires idle worker threads. Starting one blocks for a few seconds; a
+    # program can call `init_ray` itself beforehand.
+    init_ray(ray_address)
     with anyio.CancelScope(shield=True):
         # Shielded so that a cancellation cannot orphan actors half-started; it takes
         # effect once they are up, at the next checkpoint (and they are shut down).
