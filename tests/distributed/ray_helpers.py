@@ -65,6 +65,7 @@ def engine_use_ray(request: pytest.FixtureRequest) -> Iterator[bool]:
     request.getfixturevalue("ray_session")
     yield True
     assert live_engine_actors() == []
+    assert live_placement_groups() == []
 
 
 @asynccontextmanager
@@ -98,4 +99,16 @@ def live_engine_actors() -> list[str]:
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith("corral-engine-")
+    ]
+
+
+def live_placement_groups() -> list[str]:
+    """Ids of placement groups of the cluster not removed yet (corral's engines make
+    the only ones in the test session)."""
+    import ray
+
+    return [
+        group_id
+        for group_id, group in ray.util.placement_group_table().items()
+        if group["state"] != "REMOVED"
     ]

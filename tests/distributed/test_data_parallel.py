@@ -11,7 +11,11 @@ import pytest
 from corral.engine import AsyncEngine, open_engine
 from corral.sampling_params import SamplingParams
 from corral.testing import wait_idle
-from tests.distributed.ray_helpers import live_engine_actors, open_fake_engine
+from tests.distributed.ray_helpers import (
+    live_engine_actors,
+    live_placement_groups,
+    open_fake_engine,
+)
 from tests.engine.engine_helpers import greedy
 from tests.server.server_helpers import build_tiny_model
 
@@ -65,6 +69,7 @@ async def test_two_replicas_give_the_outputs_of_one_engine(tiny_model: Path) -> 
     assert len(per_replica) == 2
     assert all(s.num_generation_tokens > 0 for s in per_replica.values())
     assert live_engine_actors() == []
+    assert live_placement_groups() == []
 
 
 async def test_requests_sharing_a_first_block_go_to_one_replica() -> None:

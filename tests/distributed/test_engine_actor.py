@@ -6,7 +6,11 @@ import anyio
 import pytest
 
 from corral.testing import wait_idle
-from tests.distributed.ray_helpers import live_engine_actors, open_fake_engine
+from tests.distributed.ray_helpers import (
+    live_engine_actors,
+    live_placement_groups,
+    open_fake_engine,
+)
 from tests.engine.engine_helpers import TIMEOUT, greedy, run_alone
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session")]
@@ -22,3 +26,4 @@ async def test_actor_engine_streams_what_the_core_computes_alone() -> None:
     assert outs[-1].finished
     assert outs[-1].outputs[0].token_ids == run_alone([3, 4, 5], greedy(7)).outputs[0].token_ids
     assert live_engine_actors() == []
+    assert live_placement_groups() == []

@@ -11,7 +11,11 @@ import pytest
 from corral.engine import open_engine
 from corral.errors import DistributedError, EngineDeadError
 from corral.testing import wait_idle
-from tests.distributed.ray_helpers import live_engine_actors, open_fake_engine
+from tests.distributed.ray_helpers import (
+    live_engine_actors,
+    live_placement_groups,
+    open_fake_engine,
+)
 from tests.engine.engine_helpers import greedy
 
 pytestmark = pytest.mark.anyio
@@ -45,6 +49,7 @@ async def test_killed_engine_actor_fails_its_streams_naming_it() -> None:
     # open_engine re-raises the cause itself, not an ExceptionGroup.
     assert name in str(info.value)
     assert live_engine_actors() == []
+    assert live_placement_groups() == []
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -76,6 +81,7 @@ async def test_dead_replica_fails_only_its_own_requests() -> None:
                     assert [o.finished async for o in stream][-1]
             await wait_idle(engine)
     assert live_engine_actors() == []
+    assert live_placement_groups() == []
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -97,6 +103,7 @@ async def test_idle_replicas_deaths_are_seen_and_the_last_one_kills_the_engine()
                 with pytest.raises(EngineDeadError, match="corral-engine-"):
                     engine.generate(None, greedy(1), prompt_token_ids=[1])
     assert live_engine_actors() == []
+    assert live_placement_groups() == []
 
 
 async def test_ray_missing_is_a_clear_error_at_open_engine(
