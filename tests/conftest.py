@@ -5,6 +5,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The session-wide Ray instance and the engine_use_ray parametrization (issue 14).
+pytest_plugins = ("tests.distributed.ray_helpers",)
+
 settings.register_profile(
     "ci",
     deadline=None,

@@ -19,7 +19,7 @@ import attrs
 
 from corral.config import AsyncEngineArgs
 from corral.engine import AsyncEngine, RequestStream, open_engine
-from corral.errors import EngineClosedError, NotSupportedError
+from corral.errors import EngineClosedError
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 
@@ -43,8 +43,9 @@ class AsyncLLMEngine:
     `from_engine_args` is the usual way in.
 
     Args:
-        worker_use_ray: Must be False (Ray is issue 14).
-        engine_use_ray: Must be False (Ray is issue 14).
+        worker_use_ray: Run the tensor-parallel ranks as Ray actors (the seed's name
+            for ``distributed_executor_backend="ray"``).
+        engine_use_ray: Run the engine core in a Ray actor; the front door stays here.
         log_requests: Log each request's arrival and end.
         max_log_len: Longest prompt (characters or token ids) that is logged.
         start_engine_loop: True (the default): the engine loop runs for exactly the
@@ -55,7 +56,7 @@ class AsyncLLMEngine:
             its owner.
 
     Raises:
-        NotSupportedError: ``worker_use_ray`` or ``engine_use_ray`` is True.
+        NotSupportedError: an engine argument corral does not support yet.
         ValueError: an unknown or invalid engine argument.
     """
 
@@ -75,11 +76,6 @@ class AsyncLLMEngine:
                 "two arguments are booleans; to pass an AsyncEngineArgs use "
                 "AsyncLLMEngine.from_engine_args(engine_args)"
             )
-        if worker_use_ray or engine_use_ray:
-            name = "worker_use_ray" if worker_use_ray else "engine_use_ray"
-            raise NotSupportedError(
-                f"{name}=True: Ray workers and a Ray engine are not supported (issue 14)"
-            )
         if len(args) > len(_ENGINE_ARG_NAMES):
             raise ValueError(
                 f"AsyncLLMEngine takes at most {len(_ENGINE_ARG_NAMES)} positional engine "
@@ -91,7 +87,12 @@ class AsyncLLMEngine:
             raise ValueError(f"AsyncLLMEngine: engine argument(s) {twice} given twice")
         try:
             self.engine_args = AsyncEngineArgs(
-                **positional, **kwargs, log_requests=log_requests, max_log_len=max_log_len
+                **positional,
+                **kwargs,
+                worker_use_ray=worker_use_ray,
+                engine_use_ray=engine_use_ray,
+                log_requests=log_requests,
+                max_log_len=max_log_len,
             )
         except TypeError as exc:
             raise ValueError(f"AsyncLLMEngine: {exc}") from None

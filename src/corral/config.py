@@ -206,13 +206,6 @@ class EngineArgs:
                 self.distributed_executor_backend,
                 _EXECUTOR_BACKENDS,
             )
-        if self.data_parallel_size != 1:
-            raise NotSupportedError(
-                f"data_parallel_size={self.data_parallel_size}: "
-                "data-parallel replicas are not supported yet (only 1)"
-            )
-        if self.engine_use_ray:
-            raise NotSupportedError("engine_use_ray: Ray is not supported yet")
         if self.worker_use_ray and self.distributed_executor_backend == "mp":
             raise _bad(
                 "distributed_executor_backend",

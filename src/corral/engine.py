@@ -9,16 +9,19 @@ that outlives it. See docs/async.md for the concurrency contract.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from corral._concurrency import FirstError
-from corral._engine.loop import EngineLoop
+from corral._engine.loop import CoreLike, EngineLoop
+from corral._engine.replicas import Replica, Router, aggregate_stats
 from corral._engine.reporting import RequestLogger, StatsLogger
 from corral._engine.stream import RequestState, RequestStream
 from corral.beam_search import BeamSearchParams
@@ -33,12 +36,15 @@ from corral.tokenization import bind_bad_words, encode_prompt, truncate_prompt, 
 if TYPE_CHECKING:
     from corral.model.config import ModelConfig
 
+logger = logging.getLogger("corral.engine")
+
 __all__ = [
     "AsyncEngine",
     "EngineClosedError",
     "RequestStream",
     "open_engine",
     "open_engine_from_core",
+    "open_ray_engine",
 ]
 
 
@@ -62,11 +68,16 @@ class AsyncEngine:
     Every method is called from the event loop's thread (any task). None of them
     waits for the model: requests are handed to the engine loop, which takes them
     up at its next step boundary.
+
+    With several data-parallel replicas, each has its own engine loop; `generate`
+    routes each request to one of them (see `corral._engine.replicas`). A replica
+    whose step raised fails only its own requests; the engine is dead (`errored`)
+    once no replica is left.
     """
 
     def __init__(
         self,
-        core: EngineCore,
+        core: CoreLike | Sequence[CoreLike],
         *,
         tokenizer: Any,
         model_config: ModelConfig | None,
@@ -74,15 +85,30 @@ class AsyncEngine:
         log_stats: bool,
         stats_interval: float,
         owns_loop: bool = True,
+        replica_names: Sequence[str] | None = None,
     ) -> None:
-        self._core = core
+        cores = list(core) if isinstance(core, Sequence) else [core]
+        names = list(replica_names) if replica_names else [str(i) for i in range(len(cores))]
         self._tokenizer = tokenizer
         self._model_config = model_config
         self._request_logger = request_logger
         self._stats_logger = StatsLogger(self.stats, interval=stats_interval, enabled=log_stats)
-        self._loop = EngineLoop(
-            core, on_finished=request_logger.finished, on_step=self._stats_logger.after_step
-        )
+        self._replicas = [
+            Replica(
+                name,
+                c,
+                EngineLoop(
+                    c, on_finished=request_logger.finished, on_step=self._stats_logger.after_step
+                ),
+                c.config,
+                _has_detokenizer(c),
+            )
+            for name, c in zip(names, cores, strict=True)
+        ]
+        self._router = Router(self._replicas)
+        # The first replica's, for code that knows the engine has one.
+        self._core = cores[0]
+        self._loop = self._replicas[0].loop
         self._owns_loop = owns_loop
         self._state = "new"
         # The engine's task group: runs grammar compilations for `generate`.
@@ -92,12 +118,39 @@ class AsyncEngine:
     def is_running(self) -> bool:
         """True inside the engine's block while the engine loop is alive (with
         ``start_engine_loop=False``: while the owner runs `run_engine_loop`)."""
-        return self._state == "running" and self._loop.fault is None and self._loop.running
+        return self._state == "running" and any(r.alive and r.loop.running for r in self._replicas)
 
     @property
     def errored(self) -> bool:
-        """True once a step raised: the engine is dead for good."""
-        return self._loop.fault is not None
+        """True once a step raised (on every replica): the engine is dead for good."""
+        return self._fault is not None
+
+    @property
+    def _fault(self) -> BaseException | None:
+        """The first replica's fault once every replica died, else None."""
+        if any(r.alive for r in self._replicas):
+            return None
+        return self._replicas[0].loop.fault
+
+    def replica_health(self) -> dict[str, str | None]:
+        """Each replica's name and, for a dead one, why it died (None while alive)."""
+        health: dict[str, str | None] = {}
+        for replica in self._replicas:
+            fault = replica.loop.fault
+            health[replica.name] = None if fault is None else f"{type(fault).__name__}: {fault}"
+        return health
+
+    def replica_nodes(self) -> dict[str, str | None]:
+        """Each replica's name and the Ray node it runs on (None for an in-process core)."""
+        return {r.name: getattr(r.core, "node_id", None) for r in self._replicas}
+
+    def replica_stats(self) -> dict[str, EngineStats]:
+        """Each replica's statistics as of its last step boundary."""
+        return {r.name: r.loop.stats for r in self._replicas}
+
+    @property
+    def _has_pending_commands(self) -> bool:
+        return any(r.loop.has_pending_commands for r in self._replicas)
 
     @property
     def is_stopped(self) -> bool:
@@ -140,7 +193,12 @@ class AsyncEngine:
             )
         if self._state == "new":
             raise EngineClosedError("run_engine_loop: the engine's block has not been entered yet")
-        await self._loop.run()
+        if len(self._replicas) == 1:
+            await self._loop.run()
+            return
+        async with anyio.create_task_group() as tg:
+            for replica in self._replicas:
+                tg.start_soon(replica.loop.run)
 
     def generate(
         self,
@@ -185,40 +243,43 @@ class AsyncEngine:
         request_id = normalize_request_id(request_id)
         if request_id is None:
             request_id = uuid.uuid4().hex
-        # An abandoned stream's id must be free again, not just at the next step.
-        self._loop.reap_orphans()
-        if request_id in self._loop.live:
-            raise ValueError(f"request_id {request_id!r} is already in use by a live request")
+        for other in self._replicas:
+            # An abandoned stream's id must be free again, not just at the next step.
+            other.loop.reap_orphans()
+            if request_id in other.loop.live:
+                raise ValueError(f"request_id {request_id!r} is already in use by a live request")
         check_sampling_params(sampling_params)
         token_ids = self._prompt_token_ids(
             prompt, prompt_token_ids, sampling_params.truncate_prompt_tokens
         )
         sampling_params = bind_bad_words(self._tokenizer, sampling_params)
+        replica = self._router.choose(token_ids)
+        assert replica is not None  # _check_running found a live replica, no await since
         # The core would refuse these at its next step; saying so here is clearer.
-        core = self._core
         error = validate_request(
-            core.config,
+            replica.config,
             token_ids,
             sampling_params,
             prefix_pos,
-            has_detokenizer=core.detokenizer is not None,
+            has_detokenizer=replica.has_detokenizer,
         )
         if error is not None:
             raise ValueError(error)
         state = RequestState(
             request_id, prompt, token_ids, sampling_params, prefix_pos, time.time()
         )
+        loop = replica.loop
         structured = sampling_params.structured_outputs
         if structured is not None and structured.compiled is None:
             # The id is taken now; the request reaches the loop once its grammar is
             # compiled in a worker thread (an abort meanwhile just ends the state).
-            self._loop.live[request_id] = state
+            loop.live[request_id] = state
             assert self._task_group is not None  # set while running
-            self._task_group.start_soon(self._compile_then_submit, state)
+            self._task_group.start_soon(self._compile_then_submit, loop, state)
         else:
-            self._loop.submit(state)
+            loop.submit(state)
         self._request_logger.received(state)
-        return RequestStream(state, self._loop.cancel, self._loop.orphan)
+        return RequestStream(state, loop.cancel, loop.orphan)
 
     async def prepare_sampling_params(self, sampling_params: SamplingParams) -> SamplingParams:
         """Compile ``sampling_params``' structured outputs in a worker thread.
@@ -233,23 +294,29 @@ class AsyncEngine:
         """
         if sampling_params.structured_outputs is None:
             return sampling_params
+        if not isinstance(self._core, EngineCore):
+            raise NotSupportedError(
+                "structured_outputs: not supported yet with engine_use_ray or "
+                "data_parallel_size > 1 (the grammar is compiled in the caller's process "
+                "and cannot travel to the engine actor; issue 14)"
+            )
         from corral.model.structured import bind_structured_outputs
 
         return await anyio.to_thread.run_sync(
             bind_structured_outputs, self._core.runner, sampling_params
         )
 
-    async def _compile_then_submit(self, state: RequestState) -> None:
+    async def _compile_then_submit(self, loop: EngineLoop, state: RequestState) -> None:
         try:
             params = await self.prepare_sampling_params(state.params)
         except (ValueError, NotSupportedError) as exc:
             if not state.done:
-                self._loop.live.pop(state.request_id, None)
+                loop.live.pop(state.request_id, None)
                 state.end(error=exc)
             return
-        if not state.done and not self._loop.stopping:
+        if not state.done and not loop.stopping:
             state.params = params
-            self._loop.submit(state)
+            loop.submit(state)
 
     # --- beam search ---
     def beam_search(
@@ -298,7 +365,8 @@ class AsyncEngine:
         live_id = normalize_request_id(request_id)
         await anyio.lowlevel.checkpoint_if_cancelled()
         if live_id is not None:
-            self._loop.abort(live_id)
+            for replica in self._replicas:
+                replica.loop.abort(live_id)
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def stats(self) -> EngineStats:
@@ -306,9 +374,12 @@ class AsyncEngine:
 
         The engine loop publishes this snapshot after each step (before handing the
         step's outputs to the streams); reading it never touches the core, which may
-        be in the middle of the next step in a worker thread.
+        be in the middle of the next step in a worker thread. With several replicas,
+        the sum over the live ones (a dead replica's cache and queues are gone;
+        `replica_stats` has each one's, the dead ones' as of their last step).
         """
-        return self._loop.stats
+        live = [r.loop.stats for r in self._replicas if r.alive]
+        return aggregate_stats(live or [r.loop.stats for r in self._replicas])
 
     async def next_stats(self) -> EngineStats:
         """Wait for the snapshot the engine loop publishes after its next step, and
@@ -319,9 +390,24 @@ class AsyncEngine:
             EngineClosedError: the engine's block has been left, before or while waiting.
         """
         self._check_running()
-        await self._loop.wait_published()
+        await self._wait_published()
         self._check_running()
-        return self._loop.stats
+        return self.stats()
+
+    async def _wait_published(self) -> None:
+        """Wait for the next snapshot of any live replica."""
+        loops = [r.loop for r in self._replicas if r.alive]
+        if len(loops) == 1:
+            await loops[0].wait_published()
+            return
+        async with anyio.create_task_group() as tg:
+
+            async def wait_one(loop: EngineLoop) -> None:
+                await loop.wait_published()
+                tg.cancel_scope.cancel()
+
+            for loop in loops:
+                tg.start_soon(wait_one, loop)
 
     async def get_tokenizer(self) -> Any:
         """The Hugging Face tokenizer; None for an engine opened from a core without one."""
@@ -334,12 +420,12 @@ class AsyncEngine:
         return self._model_config
 
     def _check_running(self) -> None:
-        fault = self._loop.fault
+        fault = self._fault
         if fault is not None:
             raise EngineDeadError(
                 f"the engine died: a step raised {type(fault).__name__}: {fault}"
             ) from fault
-        if self._state != "running" or self._loop.stopping:
+        if self._state != "running" or all(r.loop.stopping for r in self._replicas):
             raise EngineClosedError(
                 "the engine is not running: use it inside `async with open_engine(...)`"
             )
@@ -416,10 +502,40 @@ async def open_engine_from_core(
             (``tg.start_soon(engine.run_engine_loop)``); leaving the engine's block
             stops that loop after its step in flight and waits for it.
     """
+    async with _run_engine(
+        [core],
+        None,
+        tokenizer=tokenizer,
+        model_config=model_config,
+        log_requests=log_requests,
+        max_log_len=max_log_len,
+        log_requests_verbose=log_requests_verbose,
+        log_stats=log_stats,
+        stats_interval=stats_interval,
+        start_engine_loop=start_engine_loop,
+    ) as engine:
+        yield engine
+
+
+@asynccontextmanager
+async def _run_engine(
+    cores: Sequence[CoreLike],
+    replica_names: Sequence[str] | None,
+    *,
+    tokenizer: Any,
+    model_config: ModelConfig | None,
+    log_requests: bool = True,
+    max_log_len: int | None = None,
+    log_requests_verbose: bool = False,
+    log_stats: bool = True,
+    stats_interval: float = 5.0,
+    start_engine_loop: bool = True,
+) -> AsyncIterator[AsyncEngine]:
+    """`open_engine_from_core` over one or several replicas' cores."""
     if max_log_len is not None and max_log_len < 0:
         raise ValueError(f"max_log_len must be non-negative or None, got {max_log_len!r}")
     engine = AsyncEngine(
-        core,
+        cores,
         tokenizer=tokenizer,
         model_config=model_config,
         request_logger=RequestLogger(
@@ -428,13 +544,20 @@ async def open_engine_from_core(
         log_stats=log_stats,
         stats_interval=stats_interval,
         owns_loop=start_engine_loop,
+        replica_names=replica_names,
     )
-    loop = engine._loop
+    loops = [r.loop for r in engine._replicas]
     body = FirstError()
     try:
         async with anyio.create_task_group() as tg:
             if start_engine_loop:
-                await tg.start(loop.run)
+                for loop in loops:
+                    await tg.start(loop.run)
+            watchers: list[anyio.CancelScope] = []
+            for replica in engine._replicas:
+                if hasattr(replica.core, "wait_dead"):
+                    watchers.append(anyio.CancelScope())
+                    tg.start_soon(_watch_replica, replica, watchers[-1])
             engine._task_group = tg
             engine._state = "running"
             try:
@@ -444,15 +567,30 @@ async def open_engine_from_core(
                     yield engine
             finally:
                 engine._state = "closed"
-                loop.stop()
+                # Closing kills the actors on purpose: that is no replica's death.
+                for watcher in watchers:
+                    watcher.cancel()
+                for loop in loops:
+                    loop.stop()
                 # An owner-run loop (start_engine_loop=False) lives in another task
                 # group: the core is ours again only once it has returned.
-                await loop.wait_exited()
+                for loop in loops:
+                    await loop.wait_exited()
     finally:
         engine._state = "closed"
-        loop.flush()
-    if loop.fault is not None:
-        raise loop.fault
+        for loop in loops:
+            await loop.flush()
+    faults = [r for r in engine._replicas if not r.alive]
+    if faults and len(faults) == len(loops):
+        raise loops[0].fault  # type: ignore[misc]
+    for replica in faults:
+        # The engine served on with its other replicas; this one's error is not lost.
+        logger.error(
+            "engine replica %s died: %s",
+            replica.name,
+            engine.replica_health()[replica.name],
+            exc_info=replica.loop.fault,
+        )
     body.reraise()
 
 
@@ -488,21 +626,119 @@ async def open_engine(
         raise ValueError(f"args must be EngineArgs or a model path, got {type(args).__name__}")
     from corral._compose import build_engine_core
 
-    core, tokenizer, model_config = await anyio.to_thread.run_sync(build_engine_core, resolved)
     log_requests, max_log_len, log_stats, verbose = True, None, True, False
     if isinstance(resolved, AsyncEngineArgs):
         log_requests = resolved.log_requests
         verbose = resolved.log_requests_verbose
         max_log_len = resolved.max_log_len
         log_stats = not resolved.disable_log_stats
+    logging_args: dict[str, Any] = {
+        "log_requests": log_requests,
+        "max_log_len": max_log_len,
+        "log_requests_verbose": verbose,
+        "log_stats": log_stats,
+        "start_engine_loop": start_engine_loop,
+    }
+    if resolved.engine_use_ray or resolved.data_parallel_size > 1:
+        async with open_ray_engine(
+            functools.partial(build_engine_core, resolved),
+            data_parallel_size=resolved.data_parallel_size,
+            ray_address=resolved.ray_address,
+            **logging_args,
+        ) as engine:
+            yield engine
+        return
+    core, tokenizer, model_config = await anyio.to_thread.run_sync(build_engine_core, resolved)
     async with open_engine_from_core(
-        core,
-        tokenizer=tokenizer,
-        model_config=model_config,
-        log_requests=log_requests,
-        max_log_len=max_log_len,
-        log_requests_verbose=verbose,
-        log_stats=log_stats,
-        start_engine_loop=start_engine_loop,
+        core, tokenizer=tokenizer, model_config=model_config, **logging_args
     ) as engine:
         yield engine
+
+
+@asynccontextmanager
+async def open_ray_engine(
+    factory: Callable[[], Any],
+    *,
+    data_parallel_size: int = 1,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    **engine_options: Any,
+) -> AsyncIterator[AsyncEngine]:
+    """Run an engine whose cores live in Ray actors, one per data-parallel replica.
+
+    ``open_engine`` calls this for ``engine_use_ray=True`` or ``data_parallel_size > 1``.
+    The front door (streams, aborts, statistics) stays in this process and task
+    group, with the semantics of `open_engine_from_core`; each step is one call into
+    the replica's actor, awaited in a worker thread. Leaving the block kills the
+    actors and removes their placement group, whatever happened inside.
+
+    Args:
+        factory: Builds the core in the actor: returns an `EngineCore`, or what
+            `build_engine_core` returns. It travels to the actor by pickle.
+        data_parallel_size: Replicas, each an actor with its own core.
+        ray_address: The cluster (see `corral.distributed.ray_utils.init_ray`).
+        num_cpus: CPUs per replica; None gives each an even share of the cluster.
+        engine_options: `open_engine_from_core`'s keyword arguments, but ``core``,
+            ``tokenizer`` and ``model_config`` (those come from the actor).
+
+    Raises:
+        DistributedError: Ray is missing, the cluster unreachable or too small.
+    """
+    from corral.distributed.ray_engine import start_engine_actors
+    from corral.distributed.ray_utils import init_ray
+
+    # In this thread, not a worker thread: a local Ray instance's processes die with
+    # the thread that started them (their parent-death signal is per thread), and
+    # anyio retires idle worker threads. Starting one blocks for a few seconds; a
+    # program can call `init_ray` itself beforehand.
+    init_ray(ray_address)
+    with anyio.CancelScope(shield=True):
+        # Shielded so that a cancellation cannot orphan actors half-started; it takes
+        # effect once they are up, at the next checkpoint (and they are shut down).
+        actors = await anyio.to_thread.run_sync(
+            functools.partial(
+                start_engine_actors,
+                factory,
+                num_replicas=data_parallel_size,
+                ray_address=ray_address,
+                num_cpus=num_cpus,
+            )
+        )
+    try:
+        first = actors.cores[0].description
+        async with _run_engine(
+            actors.cores,
+            [core.name for core in actors.cores],
+            tokenizer=first.tokenizer,
+            model_config=first.model_config,
+            **engine_options,
+        ) as engine:
+            yield engine
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(actors.shutdown)
+
+
+async def _watch_replica(replica: Replica, scope: anyio.CancelScope) -> None:
+    """Kill the replica's loop when its actor dies, even while the loop sleeps idle
+    (else the router would keep sending it requests that could only fail)."""
+    with scope:
+        # The thread waits on the actor until it dies or is killed when the engine
+        # closes; it is abandoned on cancellation rather than holding the block open.
+        error = await anyio.to_thread.run_sync(
+            replica.core.wait_dead,  # type: ignore[attr-defined]
+            abandon_on_cancel=True,
+            limiter=anyio.CapacityLimiter(1),
+        )
+        if replica.loop.fault is None:
+            replica.loop.die(error)
+
+
+def _has_detokenizer(core: CoreLike) -> bool:
+    if isinstance(core, EngineCore):
+        return core.detokenizer is not None
+    from corral.distributed.remote_core import RemoteCore
+
+    if isinstance(core, RemoteCore):
+        return core.has_detokenizer
+    raise TypeError(f"not an engine core: {type(core).__name__}")

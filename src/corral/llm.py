@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from corral.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from corral.config import EngineArgs
 from corral.core.validation import check_sampling_params, validate_request
+from corral.errors import NotSupportedError
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.tokenization import bind_bad_words, encode_prompt
@@ -33,6 +34,11 @@ class LLM:
         from corral._compose import build_engine_core
 
         self.engine_args = EngineArgs(model=model, **engine_args)
+        if self.engine_args.engine_use_ray or self.engine_args.data_parallel_size > 1:
+            raise NotSupportedError(
+                "LLM: engine_use_ray and data_parallel_size > 1 are served by the async "
+                "engine only (corral.open_engine); the offline LLM runs in this process"
+            )
         self.engine_core, self.tokenizer, self.model_config = build_engine_core(self.engine_args)
         self._request_counter = itertools.count()
 

@@ -164,8 +164,13 @@ def test_help_is_plain_text_and_offers_only_what_works(command: str) -> None:
     text = result.stdout
     assert "``" not in text and "`" not in text
     assert "Normalized" not in text and "(see " not in text
-    assert "--engine-use-ray" not in text
-    for distributed in ("--tensor-parallel-size", "--worker-use-ray"):
+    for distributed in (
+        "--tensor-parallel-size",
+        "--worker-use-ray",
+        "--engine-use-ray",
+        "--data-parallel-size",
+        "--ray-address",
+    ):
         assert distributed in text
     assert "--log-level" in text
 

@@ -82,11 +82,6 @@ def test_engine_args_validate_fields() -> None:
         EngineArgs(model="m", block_size=0)
 
 
-def test_engine_use_ray_is_not_supported_yet() -> None:
-    with pytest.raises(NotSupportedError, match="not supported yet"):
-        EngineArgs(model="m", engine_use_ray=True)
-
-
 def test_worker_use_ray_means_the_ray_executor() -> None:
     assert EngineArgs(model="m").executor_backend == "mp"
     assert EngineArgs(model="m", worker_use_ray=True).executor_backend == "ray"

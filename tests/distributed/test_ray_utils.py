@@ -49,3 +49,12 @@ def test_unreachable_address_fails_fast_naming_ray_start() -> None:
 def test_malformed_address_is_refused() -> None:
     with pytest.raises(DistributedError, match="not an address"):
         init_ray("no-port-here")
+
+
+def test_offline_llm_refuses_ray_arguments() -> None:
+    from corral.errors import NotSupportedError
+    from corral.llm import LLM
+
+    for kwargs in ({"engine_use_ray": True}, {"data_parallel_size": 2}):
+        with pytest.raises(NotSupportedError, match="open_engine"):
+            LLM("unused", **kwargs)

@@ -1,4 +1,5 @@
-"""Every way a consumer can stop early aborts its request and frees its blocks."""
+"""Every way a consumer can stop early aborts its request and frees its blocks, with
+the core in-process and in a Ray actor (the `engine_use_ray` fixture)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from corral.engine import open_engine_from_core
 from corral.testing import wait_idle
+from tests.distributed.ray_helpers import open_fake_engine
 from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
 pytestmark = pytest.mark.anyio
@@ -16,9 +18,9 @@ pytestmark = pytest.mark.anyio
 PROMPT = list(range(1, 30))  # 8 blocks of 4 tokens once generation starts
 
 
-async def test_move_on_after_aborts_the_request() -> None:
+async def test_move_on_after_aborts_the_request(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, step_delay=0.002, log_stats=False) as engine:
             outs = []
             with anyio.move_on_after(TIMEOUT) as scope:
                 async with engine.generate(None, greedy(90), prompt_token_ids=PROMPT) as stream:
@@ -33,9 +35,9 @@ async def test_move_on_after_aborts_the_request() -> None:
             assert engine.stats().num_unfinished_requests == 0
 
 
-async def test_cancelling_a_task_group_aborts_all_its_requests() -> None:
+async def test_cancelling_a_task_group_aborts_all_its_requests(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, step_delay=0.002, log_stats=False) as engine:
             counts = [0] * 4
             all_read_two = anyio.Event()
 
@@ -55,9 +57,9 @@ async def test_cancelling_a_task_group_aborts_all_its_requests() -> None:
             assert engine.stats().num_unfinished_requests == 0
 
 
-async def test_leaving_async_with_early_aborts() -> None:
+async def test_leaving_async_with_early_aborts(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, log_stats=False) as engine:
             async with engine.generate(None, greedy(90), "early", prompt_token_ids=PROMPT) as s:
                 await s.__anext__()
                 assert engine.stats().num_running == 1
@@ -68,9 +70,9 @@ async def test_leaving_async_with_early_aborts() -> None:
                 assert [o.finished async for o in s2] == [True]
 
 
-async def test_break_out_of_bare_async_for_aborts() -> None:
+async def test_break_out_of_bare_async_for_aborts(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, log_stats=False) as engine:
             async for out in engine.generate(None, greedy(90), prompt_token_ids=PROMPT):
                 if len(out.outputs[0].token_ids) == 2:
                     break
@@ -78,9 +80,9 @@ async def test_break_out_of_bare_async_for_aborts() -> None:
             assert engine.stats().num_unfinished_requests == 0
 
 
-async def test_aclose_aborts() -> None:
+async def test_aclose_aborts(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, log_stats=False) as engine:
             stream = engine.generate(None, greedy(90), prompt_token_ids=PROMPT)
             await stream.__anext__()
             await stream.aclose()
@@ -89,9 +91,9 @@ async def test_aclose_aborts() -> None:
             await wait_idle(engine)
 
 
-async def test_garbage_collected_stream_aborts_without_warning() -> None:
+async def test_garbage_collected_stream_aborts_without_warning(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, log_stats=False) as engine:
             stream = engine.generate(None, greedy(90), prompt_token_ids=PROMPT)
             await stream.__anext__()
             del stream
@@ -118,11 +120,13 @@ async def test_unread_streams_do_not_grow() -> None:
                 assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 40
 
 
-async def test_slow_consumer_sees_coalesced_snapshots_and_does_not_stall_others() -> None:
+async def test_slow_consumer_sees_coalesced_snapshots_and_does_not_stall_others(
+    engine_use_ray: bool,
+) -> None:
     # Steps of 20 ms leave a fast consumer ample time to read each snapshot before
     # the next one is stored, even on a loaded machine; the slow one reads every 100 ms.
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(step_delay=0.02), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, step_delay=0.02, log_stats=False) as engine:
             slow_lengths: list[int] = []
             fast_lengths: list[int] = []
 
@@ -144,11 +148,12 @@ async def test_slow_consumer_sees_coalesced_snapshots_and_does_not_stall_others(
             assert slow_lengths == sorted(set(slow_lengths))
 
 
-async def test_exit_aborts_live_requests_and_frees_the_cache() -> None:
-    core = fake_core(step_delay=0.002)
+async def test_exit_aborts_live_requests_and_frees_the_cache(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as outer:
-            async with open_engine_from_core(core, log_stats=False) as engine:
+            async with open_fake_engine(
+                engine_use_ray, step_delay=0.002, log_stats=False
+            ) as engine:
                 stream = engine.generate(None, greedy(90), prompt_token_ids=PROMPT)
                 await stream.__anext__()
 
@@ -159,14 +164,15 @@ async def test_exit_aborts_live_requests_and_frees_the_cache() -> None:
                     assert outs[-1].outputs[0].finish_reason == "abort"
 
                 outer.start_soon(read_elsewhere)
-    stats = core.stats()
+    # The last snapshot is the one after the aborts were applied on exit.
+    stats = engine.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
-    assert not core.has_unfinished_requests()
+    assert not engine._core.has_unfinished_requests()
 
 
-async def test_id_of_a_broken_off_stream_is_free_at_once() -> None:
+async def test_id_of_a_broken_off_stream_is_free_at_once(engine_use_ray: bool) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, log_stats=False) as engine:
             async for _ in engine.generate(None, greedy(90), "brk", prompt_token_ids=PROMPT):
                 break
             async with engine.generate(None, greedy(2), "brk", prompt_token_ids=[1]) as stream:
@@ -175,9 +181,11 @@ async def test_id_of_a_broken_off_stream_is_free_at_once() -> None:
             await wait_idle(engine)
 
 
-async def test_stream_collected_in_another_thread_is_aborted_by_the_loop() -> None:
+async def test_stream_collected_in_another_thread_is_aborted_by_the_loop(
+    engine_use_ray: bool,
+) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(fake_core(step_delay=0.002), log_stats=False) as engine:
+        async with open_fake_engine(engine_use_ray, step_delay=0.002, log_stats=False) as engine:
             holder = [engine.generate(None, greedy(90), prompt_token_ids=PROMPT)]
             await holder[0].__anext__()
             # The last reference dies in a worker thread, as it would if the garbage

@@ -22,11 +22,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.engine import AsyncEngine, RequestStream, open_engine_from_core
+from corral.engine import AsyncEngine, RequestStream
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.testing import sampling_params, wait_idle
-from tests.engine.engine_helpers import TIMEOUT, completions, fake_core, run_alone
+from tests.distributed.ray_helpers import open_fake_engine
+from tests.engine.engine_helpers import TIMEOUT, completions, run_alone
 
 BEHAVIOURS = ("consume", "slow", "cancel", "abort", "break", "leave")
 
@@ -125,12 +126,13 @@ async def consume(engine: AsyncEngine, plan: Plan, handle: list[RequestStream]) 
         assert completions(outs[-1]) == completions(alone)
 
 
-async def run_scenario(scenario: list[Plan], step_delay: float) -> None:
+async def run_scenario(scenario: list[Plan], step_delay: float, engine_use_ray: bool) -> None:
     before = {task.id for task in anyio.get_running_tasks()}
-    core = fake_core(step_delay=step_delay)
     holders: dict[str, int] = {}
     with anyio.fail_after(TIMEOUT):
-        async with open_engine_from_core(core, log_requests=False, log_stats=False) as engine:
+        async with open_fake_engine(
+            engine_use_ray, step_delay=step_delay, log_requests=False, log_stats=False
+        ) as engine:
 
             async def start(plan: Plan) -> None:
                 await anyio.sleep(plan.start_delay)
@@ -140,16 +142,21 @@ async def run_scenario(scenario: list[Plan], step_delay: float) -> None:
                 for plan in scenario:
                     tg.start_soon(start, plan)
             await wait_idle(engine)
-            assert not core.has_unfinished_requests()
-    stats = core.stats()
+            assert not engine._core.has_unfinished_requests()
+    stats = engine.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
     assert {task.id for task in anyio.get_running_tasks()} == before
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@settings(max_examples=60)
-@given(scenario=st.lists(plans, min_size=1, max_size=8), step_delay=st.sampled_from([0.0, 0.001]))
-def test_random_request_lifecycles_keep_the_invariants(
-    backend: str, scenario: list[Plan], step_delay: float
-) -> None:
-    anyio.run(run_scenario, scenario, step_delay, backend=backend)
+def test_random_request_lifecycles_keep_the_invariants(backend: str, engine_use_ray: bool) -> None:
+    # An actor takes about a second to start: fewer scenarios with the core in Ray.
+    @settings(max_examples=3 if engine_use_ray else 60)
+    @given(
+        scenario=st.lists(plans, min_size=1, max_size=8),
+        step_delay=st.sampled_from([0.0, 0.001]),
+    )
+    def check(scenario: list[Plan], step_delay: float) -> None:
+        anyio.run(run_scenario, scenario, step_delay, engine_use_ray, backend=backend)
+
+    check()

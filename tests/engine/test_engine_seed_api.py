@@ -11,7 +11,7 @@ import pytest
 from corral.async_llm_engine import AsyncLLMEngine
 from corral.config import AsyncEngineArgs
 from corral.engine import open_engine_from_core
-from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
+from corral.errors import EngineClosedError, EngineDeadError
 from corral.testing import FakeModelError
 from tests.engine.engine_helpers import TIMEOUT, fake_core, greedy
 
@@ -31,10 +31,9 @@ def test_seed_constructor_maps_positional_and_keyword_engine_args() -> None:
     assert same.engine_args == engine.engine_args and not same.start_engine_loop
 
 
-@pytest.mark.parametrize("flags", [(True, False), (False, True)])
-def test_ray_is_refused_naming_its_issue(flags: tuple[bool, bool]) -> None:
-    with pytest.raises(NotSupportedError, match="issue 14"):
-        AsyncLLMEngine(*flags, model="m")
+def test_seed_constructor_takes_engine_use_ray() -> None:
+    engine = AsyncLLMEngine(False, True, model="m", data_parallel_size=2)
+    assert engine.engine_args.engine_use_ray and engine.engine_args.data_parallel_size == 2
 
 
 def test_seed_constructor_rejects_bad_arguments() -> None:

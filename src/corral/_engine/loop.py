@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import anyio
 import attrs
 
-from corral.core.engine_core import EngineCore
+from corral.config import CoreConfig
 from corral.errors import EngineDeadError
 from corral.outputs import CompletionOutput, RequestOutput
+from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 
 from .stream import RequestState
@@ -47,6 +49,31 @@ def aborted_output(state: RequestState) -> RequestOutput:
     return attrs.evolve(latest, outputs=completions, finished=True)
 
 
+class CoreLike(Protocol):
+    """What the loop calls on a core: an `EngineCore`, or a `RemoteCore` whose core
+    lives in a Ray actor (see `corral.distributed`)."""
+
+    config: CoreConfig
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        prompt: str | None = None,
+        arrival_time: float | None = None,
+        prefix_pos: int | None = None,
+    ) -> None: ...
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None: ...
+
+    def has_unfinished_requests(self) -> bool: ...
+
+    def step(self) -> list[RequestOutput]: ...
+
+    def stats(self) -> EngineStats: ...
+
+
 class EngineLoop:
     """Owns the core and every live request's state.
 
@@ -60,7 +87,7 @@ class EngineLoop:
 
     def __init__(
         self,
-        core: EngineCore,
+        core: CoreLike,
         *,
         on_finished: Callable[[RequestState, RequestOutput | None], None],
         on_step: Callable[[], None],
@@ -198,26 +225,30 @@ class EngineLoop:
             self._wake.set()
         self._wake_stats_readers()
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """After `run` returned: apply the last aborts and free their blocks.
 
-        Aborted requests need no model work, so the core's step runs here, inline.
+        Aborted requests need no model work; the step still runs in a worker thread,
+        since a remote core's step waits for its actor. Shielded: it must end.
         """
         if self.fault is not None:
             return
-        try:
-            self._apply_inbox()
-            if self.core.has_unfinished_requests():
-                outputs = self.core.step()
-                self._publish_stats()
-                self._dispatch(outputs)
-        except Exception as exc:
-            self.die(exc)
+        with anyio.CancelScope(shield=True):
+            try:
+                self._apply_inbox()
+                if self.core.has_unfinished_requests():
+                    outputs = await anyio.to_thread.run_sync(self.core.step, limiter=self._limiter)
+                    self._publish_stats()
+                    self._dispatch(outputs)
+            except Exception as exc:
+                self.die(exc)
 
     def die(self, cause: BaseException) -> None:
         """Mark the engine dead: every live stream raises `EngineDeadError` from `cause`."""
         self.fault = cause
         self.stopping = True
+        if self._wake is not None:
+            self._wake.set()
         self._wake_stats_readers()
         states = {id(s): s for s in (*self.live.values(), *self._in_core.values())}
         states.update((id(s), s) for _, s in self._inbox)

@@ -13,6 +13,10 @@ from types import ModuleType
 
 from corral.errors import DistributedError
 
+# Engine actors are named in this namespace, so that tools (and tests) can find them
+# with ``ray.get_actor(name, namespace=RAY_NAMESPACE)``.
+RAY_NAMESPACE = "corral"
+
 # How long to wait for a TCP answer from a cluster's address before giving up.
 # Ray itself retries for a minute or more against an address nobody listens on.
 _CONNECT_TIMEOUT_S = 5.0
@@ -66,7 +70,12 @@ def init_ray(address: str | None) -> None:
         # Ray reads RAY_ADDRESS itself; an empty one must not make it look for a cluster.
         os.environ.pop("RAY_ADDRESS", None)
         try:
-            ray.init(num_cpus=local_cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=local_cpu_count(),
+                namespace=RAY_NAMESPACE,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         except Exception as exc:
             raise DistributedError(
                 f"could not start a local Ray instance: {type(exc).__name__}: {exc}. "
@@ -75,7 +84,7 @@ def init_ray(address: str | None) -> None:
             ) from None
         return
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
     except Exception as exc:
         raise DistributedError(
             f"could not join the Ray cluster at ray_address={address!r}: "

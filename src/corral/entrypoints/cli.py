@@ -47,9 +47,6 @@ _GENERATE_SKIP = (
 # supported"): offering them as flags would promise what corral does not do.
 _ENGINE_SKIP = (
     "model",
-    "data_parallel_size",
-    "ray_address",
-    "engine_use_ray",
     "enable_lora",
     "max_loras",
     "max_lora_rank",

@@ -29,44 +29,56 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
-class EngineStatsCollector(Collector):
-    """Turns one `EngineStats` snapshot per scrape into gauges and counters."""
+_GAUGES = (
+    ("num_requests_running", "Sequences running on the model.", "num_running"),
+    ("num_requests_waiting", "Sequences waiting to be scheduled.", "num_waiting"),
+    ("num_requests_swapped", "Sequences swapped out to host memory.", "num_swapped"),
+    ("kv_cache_usage_perc", "KV cache usage, 1 = all blocks used.", "kv_cache_usage"),
+)
+_COUNTERS = (
+    ("num_preemptions", "Sequences preempted.", "num_preemptions"),
+    (
+        "prefix_cache_queries",
+        "Prompt tokens looked up in the prefix cache.",
+        "prefix_cache_queries",
+    ),
+    ("prefix_cache_hits", "Prompt tokens found in the prefix cache.", "prefix_cache_hits"),
+    ("prompt_tokens", "Prompt tokens computed.", "num_prompt_tokens"),
+    ("generation_tokens", "Tokens generated.", "num_generation_tokens"),
+)
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+
+class EngineStatsCollector(Collector):
+    """Turns one `EngineStats` snapshot per scrape into gauges and counters.
+
+    With several data-parallel replicas, each metric has one sample per replica,
+    labelled ``replica`` (sum over it for the engine's total).
+    """
+
+    def __init__(
+        self,
+        stats: Callable[[], EngineStats],
+        model_name: str,
+        replica_stats: Callable[[], dict[str, EngineStats]] | None = None,
+    ) -> None:
         self._stats = stats
-        self._labels = [model_name]
+        self._replica_stats = replica_stats
+        self._model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._stats()
-        gauges = (
-            ("num_requests_running", "Sequences running on the model.", stats.num_running),
-            ("num_requests_waiting", "Sequences waiting to be scheduled.", stats.num_waiting),
-            ("num_requests_swapped", "Sequences swapped out to host memory.", stats.num_swapped),
-            ("kv_cache_usage_perc", "KV cache usage, 1 = all blocks used.", stats.kv_cache_usage),
-        )
-        for name, doc, value in gauges:
-            gauge = GaugeMetricFamily(f"corral:{name}", doc, labels=["model_name"])
-            gauge.add_metric(self._labels, float(value))
-            yield gauge
-        counters = (
-            ("num_preemptions", "Sequences preempted.", stats.num_preemptions),
-            (
-                "prefix_cache_queries",
-                "Prompt tokens looked up in the prefix cache.",
-                stats.prefix_cache_queries,
-            ),
-            (
-                "prefix_cache_hits",
-                "Prompt tokens found in the prefix cache.",
-                stats.prefix_cache_hits,
-            ),
-            ("prompt_tokens", "Prompt tokens computed.", stats.num_prompt_tokens),
-            ("generation_tokens", "Tokens generated.", stats.num_generation_tokens),
-        )
-        for name, doc, value in counters:
-            counter = CounterMetricFamily(f"corral:{name}", doc, labels=["model_name"])
-            counter.add_metric(self._labels, float(value))
-            yield counter
+        replicas = self._replica_stats() if self._replica_stats is not None else {}
+        if len(replicas) > 1:
+            label_names = ["model_name", "replica"]
+            rows = [([self._model_name, name], stats) for name, stats in replicas.items()]
+        else:
+            label_names = ["model_name"]
+            rows = [([self._model_name], self._stats())]
+        for family, specs in ((GaugeMetricFamily, _GAUGES), (CounterMetricFamily, _COUNTERS)):
+            for name, doc, field in specs:
+                metric = family(f"corral:{name}", doc, labels=label_names)
+                for labels, stats in rows:
+                    metric.add_metric(labels, float(getattr(stats, field)))
+                yield metric
 
 
 class ServerMetrics:
@@ -75,11 +87,18 @@ class ServerMetrics:
     Args:
         stats: Returns the engine's current `EngineStats` (called at each scrape).
         model_name: The served model name, the ``model_name`` label of every metric.
+        replica_stats: Returns each data-parallel replica's `EngineStats` by name; with
+            more than one, the engine metrics are per replica (label ``replica``).
     """
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], EngineStats],
+        model_name: str,
+        replica_stats: Callable[[], dict[str, EngineStats]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(EngineStatsCollector(stats, model_name))
+        self.registry.register(EngineStatsCollector(stats, model_name, replica_stats))
         self._model_name = model_name
         labels = ["model_name"]
         self.request_success = Counter(

@@ -12,7 +12,7 @@ import importlib.metadata
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from corral.engine import AsyncEngine
 from corral.entrypoints.api_server import add_generate_route
@@ -84,7 +84,7 @@ async def make_context(
         served_model_names=names,
         max_model_len=int(model_config.max_model_len),
         vocab_size=int(model_config.vocab_size),
-        metrics=ServerMetrics(engine.stats, names[0]),
+        metrics=ServerMetrics(engine.stats, names[0], engine.replica_stats),
         tool_parser=None if tool_call_parser is None else get_tool_parser(tool_call_parser)(),
         enable_auto_tool_choice=enable_auto_tool_choice,
     )
@@ -117,7 +117,20 @@ def build_app(
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200 if ctx.engine.is_running else 503)
+        # 200 while some replica serves; with several replicas the body says which
+        # are alive and why the others died.
+        status = 200 if ctx.engine.is_running else 503
+        replicas = ctx.engine.replica_health()
+        if len(replicas) == 1:
+            return Response(status_code=status)
+        nodes = ctx.engine.replica_nodes()
+        body = {
+            "replicas": {
+                name: {"alive": error is None, "error": error, "node": nodes[name]}
+                for name, error in replicas.items()
+            }
+        }
+        return JSONResponse(body, status_code=status)
 
     @app.get("/version")
     async def version() -> dict[str, str]:

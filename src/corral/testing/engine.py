@@ -16,7 +16,7 @@ def is_idle(engine: AsyncEngine) -> bool:
     no add or abort waits in the engine loop's inbox."""
     # Adds and aborts still in the loop's inbox are not in the snapshot yet; the loop
     # publishes a snapshot once it has applied them, so waiting on one is enough.
-    if engine._loop.has_pending_commands:
+    if engine._has_pending_commands:
         return False
     stats = engine.stats()
     return stats.num_unfinished_requests == 0 and stats.num_free_blocks == stats.num_total_blocks
