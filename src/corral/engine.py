@@ -649,10 +649,18 @@ async def open_engine(
             yield engine
         return
     core, tokenizer, model_config = await anyio.to_thread.run_sync(build_engine_core, resolved)
-    async with open_engine_from_core(
-        core, tokenizer=tokenizer, model_config=model_config, **logging_args
-    ) as engine:
-        yield engine
+    try:
+        async with open_engine_from_core(
+            core, tokenizer=tokenizer, model_config=model_config, **logging_args
+        ) as engine:
+            yield engine
+    finally:
+        # A runner with processes of its own (tensor-parallel ranks) stops them when the
+        # block ends, not whenever the runner happens to be collected.
+        shutdown = getattr(core.runner, "shutdown", None)
+        if shutdown is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutdown)
 
 
 @asynccontextmanager

@@ -65,6 +65,23 @@ async def test_a_killed_worker_fails_every_live_stream_naming_its_rank(
     assert workers.processes[0].poll() is not None
 
 
+@pytest.mark.anyio
+async def test_leaving_the_block_stops_the_workers(tp_zoo: TensorParallelZoo) -> None:
+    path = str(tp_zoo.path("llama"))
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine(
+            path, tensor_parallel_size=2, disable_log_stats=True, **ENGINE
+        ) as engine:
+            workers: Any = engine._core.runner.workers  # type: ignore[attr-defined]
+            async for _ in engine.generate(None, params, prompt_token_ids=[3, 7]):
+                pass
+            assert workers._finalizer.alive
+        # Stopped at exit (here: handed back to the suite's pool of idle workers),
+        # not left holding their shards until the runner is garbage-collected.
+        assert not workers._finalizer.alive
+
+
 class _AliveWorkers(Workers):
     """Workers that are all alive: a failed step is not explained by a death."""
 
