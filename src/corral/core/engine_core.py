@@ -79,6 +79,7 @@ class EngineCore:
         prompt: str | None = None,
         arrival_time: float | None = None,
         prefix_pos: int | None = None,
+        lora_int_id: int = 0,
     ) -> None:
         """Queue a request.
 
@@ -93,6 +94,8 @@ class EngineCore:
                 shared by many requests: their full blocks, once cached and free, are
                 evicted only after every other free block. It does not affect
                 correctness or which blocks are looked up.
+            lora_int_id: The LoRA adapter it runs with (0: the base model); the runner
+                must already hold the adapter (the front doors load it first).
 
         A request that can never run (see `validate_request`) is accepted and
         finishes at the next step with finish_reason "abort" and an ``error``.
@@ -103,6 +106,8 @@ class EngineCore:
         """
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
+        if lora_int_id and not self.config.max_loras:
+            raise ValueError("lora_request: LoRA is not enabled (start the engine with enable_lora)")
         prompt_token_ids = list(prompt_token_ids)
         error = validate_request(
             self.config,
@@ -119,6 +124,7 @@ class EngineCore:
             self._next_arrival,
             time.time() if arrival_time is None else arrival_time,
             prefix_pos,
+            lora_int_id,
         )
         self._next_arrival += 1
         seq = Sequence(self._new_seq_id(), 0, request)
