@@ -20,6 +20,7 @@ import attrs
 from corral.config import AsyncEngineArgs
 from corral.engine import AsyncEngine, RequestStream, open_engine
 from corral.errors import EngineClosedError, NotSupportedError
+from corral.lora.request import LoRARequest
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 
@@ -186,7 +187,7 @@ class AsyncLLMEngine:
         sampling_params: SamplingParams,
         request_id: str,
         prompt_token_ids: Sequence[int] | None = None,
-        lora_request: object = None,
+        lora_request: LoRARequest | None = None,
         prefix_pos: int | None = None,
     ) -> RequestStream:
         """Submit a request; iterate the result with ``async for`` (see `AsyncEngine.generate`)."""

@@ -280,6 +280,7 @@ class EngineLoop:
                 prompt=state.prompt,
                 arrival_time=state.arrival_time,
                 prefix_pos=state.prefix_pos,
+                lora_int_id=state.lora_int_id,
             )
         except ValueError as exc:
             self._forget(state)
