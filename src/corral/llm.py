@@ -113,9 +113,8 @@ class LLM:
                 )
             return self._run(order, use_tqdm)
         finally:
-            manager = getattr(self.engine_core.runner, "lora_manager", None)
             for lora_int_id in pinned:
-                manager.unpin(lora_int_id)
+                self.engine_core.runner.lora_manager.unpin(lora_int_id)  # type: ignore[attr-defined]
 
     def _pin_loras(self, loras: list[LoRARequest | None]) -> list[int]:
         """Load every adapter named (before any request starts) and pin it for the call."""

@@ -99,7 +99,9 @@ def test_adapters_change_the_output_and_never_share_prefix_blocks(
                 sampling_params=greedy(6),
                 use_tqdm=False,
                 lora_request=lora,
-            )[0].outputs[0].token_ids
+            )[0]
+            .outputs[0]
+            .token_ids
         )
         outputs.setdefault(("hits", lora), []).append(kv.prefix_cache_hits - before)
     assert outputs[("hits", None)] == [0]
@@ -109,9 +111,7 @@ def test_adapters_change_the_output_and_never_share_prefix_blocks(
     assert len({tuple(outputs[None][0]), tuple(outputs[a][0]), tuple(outputs[b][0])}) == 3
 
 
-def test_lru_evicts_and_reloads_with_equal_results(
-    zoo: ModelZoo, adapters: AdapterFactory
-) -> None:
+def test_lru_evicts_and_reloads_with_equal_results(zoo: ModelZoo, adapters: AdapterFactory) -> None:
     loras = lora_requests(adapters, 3)
     llm = LLM(
         str(zoo.path(MODEL)),

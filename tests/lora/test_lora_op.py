@@ -56,9 +56,7 @@ def test_add_lora_matches_reference(case: dict) -> None:
     reference.add_lora(expected, x, a, b, slots, case["slices"])
     ops.add_lora(out, x, a, b, slots, case["slices"])
     scale = expected.float().abs().amax().item() + 1.0 if expected.numel() else 1.0
-    torch.testing.assert_close(
-        out.float(), expected.float(), rtol=0, atol=TOLERANCE[dtype] * scale
-    )
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=TOLERANCE[dtype] * scale)
     base_rows = slots < 0
     assert torch.equal(out[base_rows], wide.to(dtype)[:, :n_out][base_rows])
 

@@ -107,7 +107,9 @@ class EngineCore:
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
         if lora_int_id and not self.config.max_loras:
-            raise ValueError("lora_request: LoRA is not enabled (start the engine with enable_lora)")
+            raise ValueError(
+                "lora_request: LoRA is not enabled (start the engine with enable_lora)"
+            )
         prompt_token_ids = list(prompt_token_ids)
         error = validate_request(
             self.config,

@@ -300,10 +300,9 @@ class Scheduler:
     def _has_seat(self, seq: Sequence) -> bool:
         """Whether ``seq`` (with the samples it will fork into) fits in ``max_num_seqs``,
         and its LoRA adapter in ``max_loras``."""
-        return (
-            len(self.running) + self.num_reserved + self._seats(seq) <= self.config.max_num_seqs
-            and self._lora_fits(seq)
-        )
+        return len(self.running) + self.num_reserved + self._seats(
+            seq
+        ) <= self.config.max_num_seqs and self._lora_fits(seq)
 
     def _lora_fits(self, seq: Sequence) -> bool:
         """Whether running ``seq`` keeps at most ``max_loras`` distinct adapters among the

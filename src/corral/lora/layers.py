@@ -57,12 +57,15 @@ class LoRALinear(nn.Module):
         self.output_slices = [size for _, size in target.shards]
         self.shard_index = {name: i for i, (name, _) in enumerate(target.shards)}
         weight: torch.Tensor = base.weight  # type: ignore[assignment]
-        factory = {"dtype": weight.dtype, "device": weight.device}
         num_slices = len(target.shards)
         self.lora_a = torch.zeros(
-            (max_loras, num_slices * max_rank, target.in_features), **factory
+            (max_loras, num_slices * max_rank, target.in_features),
+            dtype=weight.dtype,
+            device=weight.device,
         )
-        self.lora_b = torch.zeros((max_loras, max_rank, target.out_features), **factory)
+        self.lora_b = torch.zeros(
+            (max_loras, max_rank, target.out_features), dtype=weight.dtype, device=weight.device
+        )
         # Slots holding weights for this projection; a step whose adapters all skip it
         # runs the base projection alone.
         self.slot_used = [False] * max_loras
