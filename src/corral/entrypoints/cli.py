@@ -50,10 +50,6 @@ _ENGINE_SKIP = (
     "data_parallel_size",
     "ray_address",
     "engine_use_ray",
-    "enable_lora",
-    "max_loras",
-    "max_lora_rank",
-    "max_cpu_loras",
 )
 _BENCHMARKS = ("throughput", "serving")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
