@@ -61,7 +61,9 @@ def write_adapter(folder: Path, shape: dict[str, int], rank: int, seed: int) -> 
         for name, (fan_in, fan_out) in sizes.items():
             module = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
             prefix = f"base_model.model.model.layers.{layer}.{module}.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, fan_in, generator=gen) / fan_in**0.5
+            tensors[f"{prefix}.lora_A.weight"] = (
+                torch.randn(rank, fan_in, generator=gen) / fan_in**0.5
+            )
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.01
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
@@ -149,7 +151,9 @@ def main() -> None:
             args.requests, shape["vocab_size"], args.min_prompt, args.max_prompt, args.seed
         )
         loras = [
-            LoRARequest(f"adapter{i}", i + 1, str(write_adapter(root / f"a{i}", shape, args.rank, i)))
+            LoRARequest(
+                f"adapter{i}", i + 1, str(write_adapter(root / f"a{i}", shape, args.rank, i))
+            )
             for i in range(args.adapters)
         ]
         common = {"dtype": "float32", "max_model_len": 1024}

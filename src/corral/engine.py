@@ -103,6 +103,11 @@ class AsyncEngine:
         return self._state == "running" and self._loop.fault is None and self._loop.running
 
     @property
+    def max_loras(self) -> int:
+        """Most distinct LoRA adapters in one step; 0 when LoRA is not enabled."""
+        return self._core.config.max_loras
+
+    @property
     def errored(self) -> bool:
         """True once a step raised: the engine is dead for good."""
         return self._loop.fault is not None

@@ -8,6 +8,8 @@ that changed (new tokens, finished, aborted or rejected).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import time
 from collections.abc import Iterable
 from typing import cast
@@ -191,7 +193,17 @@ class EngineCore:
             prefix_cache_hits=self.kv.prefix_cache_hits,
             num_prompt_tokens=self._num_prompt_tokens,
             num_generation_tokens=self._num_generation_tokens,
+            **self._lora_counts(),
         )
+
+    def _lora_counts(self) -> dict[str, dict[int, int]]:
+        if not self.config.max_loras:
+            return {}
+        scheduler = self.scheduler
+        running = Counter(s.lora_int_id for s in scheduler.running if s.lora_int_id)
+        queued = (s for _, s in (*scheduler.waiting, *scheduler.swapped))
+        waiting = Counter(s.lora_int_id for s in queued if s.lora_int_id)
+        return {"lora_running": dict(running), "lora_waiting": dict(waiting)}
 
     def _new_seq_id(self) -> int:
         seq_id = self._next_seq_id

@@ -32,9 +32,17 @@ _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 class EngineStatsCollector(Collector):
     """Turns one `EngineStats` snapshot per scrape into gauges and counters."""
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], EngineStats],
+        model_name: str,
+        lora_names: Callable[[], dict[int, str]] | None = None,
+        max_lora: int = 0,
+    ) -> None:
         self._stats = stats
         self._labels = [model_name]
+        self._lora_names = lora_names
+        self._max_lora = max_lora
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -67,6 +75,31 @@ class EngineStatsCollector(Collector):
             counter = CounterMetricFamily(f"corral:{name}", doc, labels=["model_name"])
             counter.add_metric(self._labels, float(value))
             yield counter
+        if self._lora_names is not None:
+            yield from self._lora_metrics(stats, self._lora_names())
+
+    def _lora_metrics(self, stats: EngineStats, names: dict[int, str]) -> Iterator[Metric]:
+        def named(counts: dict[int, int]) -> dict[str, int]:
+            return {names.get(i, str(i)): n for i, n in sorted(counts.items())}
+
+        running, waiting = named(stats.lora_running), named(stats.lora_waiting)
+        # vLLM's lora_requests_info: the adapters in labels, the scrape time as value.
+        info = GaugeMetricFamily(
+            "corral:lora_requests_info",
+            "Running and waiting LoRA adapters (comma-separated names) and max_loras.",
+            labels=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+        )
+        info.add_metric([",".join(running), ",".join(waiting), str(self._max_lora)], time.time())
+        yield info
+        for kind, counts in (("running", running), ("waiting", waiting)):
+            gauge = GaugeMetricFamily(
+                f"corral:lora_requests_{kind}",
+                f"Sequences {kind} per LoRA adapter.",
+                labels=["model_name", "lora_name"],
+            )
+            for lora_name in sorted({*names.values(), *counts}):
+                gauge.add_metric([*self._labels, lora_name], float(counts.get(lora_name, 0)))
+            yield gauge
 
 
 class ServerMetrics:
@@ -75,11 +108,19 @@ class ServerMetrics:
     Args:
         stats: Returns the engine's current `EngineStats` (called at each scrape).
         model_name: The served model name, the ``model_name`` label of every metric.
+        lora_names: With LoRA: returns the adapters' names by id (per-adapter gauges).
+        max_lora: ``max_loras``, reported by ``corral:lora_requests_info``.
     """
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], EngineStats],
+        model_name: str,
+        lora_names: Callable[[], dict[int, str]] | None = None,
+        max_lora: int = 0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(EngineStatsCollector(stats, model_name))
+        self.registry.register(EngineStatsCollector(stats, model_name, lora_names, max_lora))
         self._model_name = model_name
         labels = ["model_name"]
         self.request_success = Counter(
