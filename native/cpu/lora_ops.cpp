@@ -26,6 +26,8 @@ using cpu::load_f32;
 using cpu::store_f32;
 
 constexpr int64_t kTile = 4;
+// Fewest tokens of one slot that run as a GEMM rather than as tiles.
+constexpr int64_t kGemmMin = 16;
 
 template <typename Fn>
 void dispatch_lora_types(at::ScalarType dtype, Fn&& fn) {
@@ -113,6 +115,39 @@ void expand_tile(T* out, int64_t out_stride, const int64_t* tokens, int64_t n, c
   }
 }
 
+// One slot's tokens through torch's GEMMs: x_seg @ a^T, then one product per slice.
+void gemm_segment(at::Tensor& out, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
+                  const int64_t* tokens, int64_t n, at::IntArrayRef output_slices, int64_t rank) {
+  bool contiguous_run = true;
+  for (int64_t i = 1; i < n && contiguous_run; ++i) {
+    contiguous_run = tokens[i] == tokens[0] + i;
+  }
+  if (contiguous_run) {
+    const at::Tensor xs = x.narrow(0, tokens[0], n);
+    at::Tensor os = out.narrow(0, tokens[0], n);
+    const at::Tensor shrunk = at::mm(xs, a.t());
+    int64_t c0 = 0;
+    for (size_t s = 0; s < output_slices.size(); ++s) {
+      os.narrow(1, c0, output_slices[s])
+          .addmm_(shrunk.narrow(1, static_cast<int64_t>(s) * rank, rank),
+                  b.narrow(1, c0, output_slices[s]));
+      c0 += output_slices[s];
+    }
+    return;
+  }
+  const at::Tensor index = at::from_blob(const_cast<int64_t*>(tokens), {n}, at::kLong);
+  const at::Tensor shrunk = at::mm(x.index_select(0, index), a.t());
+  at::Tensor delta = at::zeros({n, out.size(1)}, out.options());
+  int64_t c0 = 0;
+  for (size_t s = 0; s < output_slices.size(); ++s) {
+    delta.narrow(1, c0, output_slices[s])
+        .addmm_(shrunk.narrow(1, static_cast<int64_t>(s) * rank, rank),
+                b.narrow(1, c0, output_slices[s]));
+    c0 += output_slices[s];
+  }
+  out.index_add_(0, index, delta);
+}
+
 void check_lora_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.device().is_cpu(), "add_lora: ", name, " must be a CPU tensor, got ", t.device());
   TORCH_CHECK(t.scalar_type() == dtype, "add_lora: ", name, " must have dtype ", dtype,
@@ -196,7 +231,9 @@ void add_lora(at::Tensor& out, const at::Tensor& x, const at::Tensor& lora_a,
       }
     }
   }
-  // Tiles: (first index into order, token count, slot), never crossing a segment.
+  // Segments of kGemmMin tokens or more run as GEMMs (torch's BLAS, on views when
+  // the segment is one run of consecutive tokens, as a prefill chunk is); shorter
+  // ones as tiles of the hand-written kernel below, in parallel.
   struct Tile {
     int64_t begin;
     int64_t n;
@@ -205,9 +242,18 @@ void add_lora(at::Tensor& out, const at::Tensor& x, const at::Tensor& lora_a,
   std::vector<Tile> tiles;
   tiles.reserve(num_adapted / kTile + max_loras);
   for (int64_t l = 0; l < max_loras; ++l) {
-    for (int64_t i = counts[l]; i < counts[l + 1]; i += kTile) {
+    const int64_t begin = counts[l];
+    const int64_t n = counts[l + 1] - begin;
+    if (n >= kGemmMin) {
+      gemm_segment(out, x, lora_a[l], lora_b[l], order.data() + begin, n, output_slices, rank);
+      continue;
+    }
+    for (int64_t i = begin; i < counts[l + 1]; i += kTile) {
       tiles.push_back({i, std::min<int64_t>(kTile, counts[l + 1] - i), l});
     }
+  }
+  if (tiles.empty()) {
+    return;
   }
   const int64_t tile_work = kTile * width * (k_size + n_size);
   const int64_t grain = std::max<int64_t>(1, 262144 / std::max<int64_t>(tile_work, 1));

@@ -97,3 +97,25 @@ def test_add_lora_checks_its_inputs(change: dict, message: str) -> None:
     args.update(change)
     with pytest.raises(RuntimeError, match=message):
         ops.add_lora(out, args["x"], args["a"], args["b"], args["slots"], args["slices"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["one_run", "interleaved"])
+def test_long_segments_take_the_gemm_path_and_match(dtype: torch.dtype, layout: str) -> None:
+    # 48 tokens of one slot: a segment long enough for the GEMM path, either as one run of
+    # consecutive tokens (a prefill chunk: views) or interleaved with others (gathered).
+    gen = torch.Generator().manual_seed(7)
+    num_tokens, in_features, slices, rank = 96, 64, [48, 16, 16], 8
+    x = torch.randn(num_tokens, in_features, generator=gen).to(dtype)
+    a = torch.randn(3, len(slices) * rank, in_features, generator=gen).to(dtype)
+    b = (torch.randn(3, rank, sum(slices), generator=gen) * 0.1).to(dtype)
+    if layout == "one_run":
+        slots = torch.tensor([-1] * 24 + [1] * 48 + [2] * 24)
+    else:
+        slots = torch.tensor([1, -1] * 48)
+    out = torch.randn(num_tokens, sum(slices), generator=gen).to(dtype)
+    expected = out.clone()
+    reference.add_lora(expected, x, a, b, slots, slices)
+    ops.add_lora(out, x, a, b, slots, slices)
+    scale = expected.float().abs().amax().item() + 1.0
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=TOLERANCE[dtype] * scale)
