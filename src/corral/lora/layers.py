@@ -22,8 +22,7 @@ from corral.lora.adapter import TargetModule
 class LoRABatch:
     """The step's per-token adapter slots, shared by every wrapped projection.
 
-    ``token_slots`` is int64 ``[num_tokens]`` on the model's device (-1: base model
-    only), or None when no token of the step uses an adapter (the wrappers then
+    ``token_slots`` is int64 ``[num_tokens]`` on the CPU (-1: base model only), or None when no token of the step uses an adapter (the wrappers then
     cost one attribute read).
     """
 

@@ -164,14 +164,15 @@ class LoRAManager:
         self,
         lora_ids: Sequence[int],
         num_new_tokens: Sequence[int],
-        device: torch.device,
     ) -> None:
         """Map the step's adapters onto slots and set each token's slot.
 
         Args:
             lora_ids: Per scheduled sequence, its ``lora_int_id`` (0: base model).
             num_new_tokens: Per scheduled sequence, its tokens in this step.
-            device: The model's device.
+
+        The token slots stay on the CPU on every device: the op validates them there
+        before any kernel trusts them (on CUDA that saves a synchronisation per call).
 
         Raises:
             RuntimeError: more than ``max_loras`` distinct adapters, or an adapter not
@@ -207,7 +208,7 @@ class LoRAManager:
         self.batch.token_slots = torch.repeat_interleave(
             torch.tensor(per_seq, dtype=torch.int64),
             torch.tensor(list(num_new_tokens), dtype=torch.int64),
-        ).to(device)
+        )
 
     def finish_step(self) -> None:
         """Forget the step's token slots (a later forward without `prepare` is base only)."""

@@ -115,7 +115,6 @@ class TorchModelRunner:
             lora.prepare(
                 [seq.lora_int_id for seq in scheduler_output.seqs],
                 scheduler_output.num_new_tokens,
-                self.device,
             )
         try:
             logits = run_forward(self.model, self.kv_cache, step)

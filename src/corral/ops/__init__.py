@@ -306,8 +306,9 @@ def add_lora(
             bfloat16 or float16 (every tensor but ``token_slots`` has this dtype).
         lora_a: contiguous ``[max_loras, len(output_slices) * R, in_features]``.
         lora_b: contiguous ``[max_loras, R, out_features]``.
-        token_slots: int64 ``[num_tokens]``, each in ``[-1, max_loras)``; on CUDA it
-            lives on the device.
+        token_slots: int64 ``[num_tokens]``, each in ``[-1, max_loras)``, checked before
+            anything is read through it; on a CUDA ``x`` it may be on the CPU (no
+            synchronisation) or on the device.
         output_slices: positive column counts summing to ``out_features``.
     """
     _ensure_loaded()
