@@ -119,3 +119,26 @@ def test_long_segments_take_the_gemm_path_and_match(dtype: torch.dtype, layout: 
     ops.add_lora(out, x, a, b, slots, slices)
     scale = expected.float().abs().amax().item() + 1.0
     torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=TOLERANCE[dtype] * scale)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slots_on", ["cpu", "cuda"])
+def test_cuda_kernel_matches_reference(dtype: torch.dtype, slots_on: str) -> None:
+    gen = torch.Generator().manual_seed(11)
+    num_tokens, in_features, slices, rank = 70, 96, [64, 32, 32], 16
+    x = torch.randn(num_tokens, in_features, generator=gen).to(dtype)
+    a = torch.randn(4, len(slices) * rank, in_features, generator=gen).to(dtype)
+    b = (torch.randn(4, rank, sum(slices), generator=gen) * 0.1).to(dtype)
+    slots = torch.randint(-1, 4, (num_tokens,), generator=gen)
+    out = torch.randn(num_tokens, sum(slices), generator=gen).to(dtype)
+    expected = out.clone()
+    reference.add_lora(expected, x, a, b, slots, slices)
+    got = out.cuda()
+    ops.add_lora(got, x.cuda(), a.cuda(), b.cuda(), slots.to(slots_on), slices)
+    scale = expected.float().abs().amax().item() + 1.0
+    torch.testing.assert_close(
+        got.cpu().float(), expected.float(), rtol=0, atol=TOLERANCE[dtype] * scale
+    )
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.add_lora(got, x.cuda(), a.cuda(), b.cuda(), torch.full((num_tokens,), 4), slices)
