@@ -8,9 +8,8 @@ that changed (new tokens, finished, aborted or rejected).
 
 from __future__ import annotations
 
-from collections import Counter
-
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import cast
 
