@@ -270,6 +270,7 @@ class AsyncEngine:
                 await anyio.to_thread.run_sync(functools.partial(manager.load, lora, pin=True))
                 self._lora_pins[state] = lora.lora_int_id
         except (ValueError, NotSupportedError) as exc:
+            self._unpin(state)
             if not state.done:
                 self._loop.live.pop(state.request_id, None)
                 state.end(error=exc)
