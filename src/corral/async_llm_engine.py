@@ -204,6 +204,18 @@ class AsyncLLMEngine:
         """Abort a request; a no-op for unknown or finished ids."""
         await self._running().abort(request_id)
 
+    async def add_lora(self, lora_request: LoRARequest) -> None:
+        """Read a LoRA adapter into host memory now (see `AsyncEngine.add_lora`)."""
+        await self._running().add_lora(lora_request)
+
+    async def remove_lora(self, lora_int_id: int) -> bool:
+        """Drop an adapter once its requests have ended (see `AsyncEngine.remove_lora`)."""
+        return await self._running().remove_lora(lora_int_id)
+
+    async def list_loras(self) -> list[int]:
+        """Ids of the adapters in host memory, least recently used first."""
+        return await self._running().list_loras()
+
     async def get_tokenizer(self) -> Any:
         return await self._running().get_tokenizer()
 

@@ -100,3 +100,6 @@ async def test_async_llm_engine_takes_lora_request(zoo: ModelZoo, adapters: Adap
                 )
             ]
             assert len(outputs[-1].outputs[0].token_ids) == 8
+            assert await engine.list_loras() == [1]
+            assert await engine.remove_lora(1)
+            assert await engine.list_loras() == []
