@@ -33,6 +33,8 @@ timeout 300 python -m corral.ops.build
 status=0
 step "CUDA op tests"
 timeout 180 python -m pytest -q -p no:cacheprovider tests/ops -k cuda || status=$?
+# Issue 15: the multi-LoRA add_lora kernel against its reference.
+timeout 60 python -m pytest -q -p no:cacheprovider tests/lora/test_lora_op.py -k cuda || status=$?
 
 # The model tests pick device="auto", so on this machine corral runs them on CUDA.
 step "model parity and invariance on the GPU"

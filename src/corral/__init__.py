@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from corral.engine import open_engine as open_engine
     from corral.engine import open_engine_from_core as open_engine_from_core
     from corral.llm import LLM as LLM
+    from corral.lora.request import LoRARequest as LoRARequest
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ _LAZY = {
     "BeamSearchParams": "corral.beam_search",
     "BeamSearchSequence": "corral.beam_search",
     "LLM": "corral.llm",
+    "LoRARequest": "corral.lora.request",
     "RequestStream": "corral.engine",
     "open_engine": "corral.engine",
     "open_engine_from_core": "corral.engine",
@@ -79,6 +81,7 @@ __all__ = [
     "EngineClosedError",
     "EngineDeadError",
     "EngineStats",
+    "LoRARequest",
     "NativeBuildError",
     "NotSupportedError",
     "RequestMetrics",

@@ -14,6 +14,7 @@ import attrs
 
 from corral.config import EngineArgs
 from corral.core.engine_core import EngineCore
+from corral.lora.manager import LoRAManager
 from corral.model.config import ModelConfig
 from corral.model.factory import num_device_blocks, resolve_device
 from corral.model.kv_cache import PagedKVCache, blocks_for_memory
@@ -76,8 +77,13 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
     kv_cache = PagedKVCache(model_config, args.block_size, num_blocks, num_host_blocks, device)
     sampler = Sampler(eos_token_ids, args.seed, device)
     structured_outputs = StructuredOutputs(tokenizer, model_config.vocab_size, eos_token_ids)
+    lora_manager = None
+    if args.enable_lora:
+        lora_manager = LoRAManager(
+            model, args.max_loras, args.max_lora_rank, args.max_cpu_loras or args.max_loras
+        )
     runner = (workers.runner if workers is not None else TorchModelRunner)(
-        model, model_config, kv_cache, sampler, structured_outputs
+        model, model_config, kv_cache, sampler, structured_outputs, lora_manager=lora_manager
     )
     core = EngineCore(
         core_config, runner, eos_token_ids=eos_token_ids, detokenizer=Detokenizer(tokenizer)

@@ -20,6 +20,7 @@ import attrs
 from corral.config import AsyncEngineArgs
 from corral.engine import AsyncEngine, RequestStream, open_engine
 from corral.errors import EngineClosedError
+from corral.lora.request import LoRARequest
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 
@@ -187,7 +188,7 @@ class AsyncLLMEngine:
         sampling_params: SamplingParams,
         request_id: str,
         prompt_token_ids: Sequence[int] | None = None,
-        lora_request: object = None,
+        lora_request: LoRARequest | None = None,
         prefix_pos: int | None = None,
     ) -> RequestStream:
         """Submit a request; iterate the result with ``async for`` (see `AsyncEngine.generate`)."""
@@ -203,6 +204,18 @@ class AsyncLLMEngine:
     async def abort(self, request_id: str) -> None:
         """Abort a request; a no-op for unknown or finished ids."""
         await self._running().abort(request_id)
+
+    async def add_lora(self, lora_request: LoRARequest) -> None:
+        """Read a LoRA adapter into host memory now (see `AsyncEngine.add_lora`)."""
+        await self._running().add_lora(lora_request)
+
+    async def remove_lora(self, lora_int_id: int) -> bool:
+        """Drop an adapter once its requests have ended (see `AsyncEngine.remove_lora`)."""
+        return await self._running().remove_lora(lora_int_id)
+
+    async def list_loras(self) -> list[int]:
+        """Ids of the adapters in host memory, least recently used first."""
+        return await self._running().list_loras()
 
     async def get_tokenizer(self) -> Any:
         return await self._running().get_tokenizer()

@@ -65,6 +65,8 @@ class CoreConfig:
         vocab_size: The model's vocabulary; token ids a request names (logit_bias,
             allowed_token_ids, bad words) must lie below it. None skips that check
             (a core without a model, e.g. `corral.testing`'s).
+        max_loras: Most distinct LoRA adapters among the running sequences; 0 when
+            LoRA is off (a request naming an adapter is refused).
     """
 
     block_size: int = 16
@@ -78,9 +80,12 @@ class CoreConfig:
     preemption_mode: PreemptionMode = "recompute"
     watermark: float = 0.01
     vocab_size: int | None = None
+    max_loras: int = 0
 
     def __attrs_post_init__(self) -> None:
         _positive("block_size", self.block_size)
+        if self.max_loras < 0:
+            raise _bad("max_loras", "non-negative", self.max_loras)
         _positive("num_kv_blocks", self.num_kv_blocks)
         if self.num_host_blocks < 0:
             raise _bad("num_host_blocks", "non-negative", self.num_host_blocks)
@@ -152,7 +157,8 @@ class EngineArgs:
         max_loras: Most distinct adapters in one step.
         max_lora_rank: Largest adapter rank accepted.
         max_cpu_loras: Adapters kept loaded in host memory (least recently used beyond
-            that are unloaded); None means ``max_loras``.
+            that are unloaded; an adapter with a live request is always kept); None
+            means ``max_loras``.
     """
 
     model: str
@@ -206,6 +212,16 @@ class EngineArgs:
                 self.distributed_executor_backend,
                 _EXECUTOR_BACKENDS,
             )
+        if self.enable_lora and self.tensor_parallel_size > 1:
+            raise NotSupportedError(
+                "enable_lora with tensor_parallel_size > 1: LoRA under tensor parallelism is "
+                "not supported yet (issue 15)"
+            )
+        if self.enable_lora and (self.engine_use_ray or self.data_parallel_size > 1):
+            raise NotSupportedError(
+                "enable_lora with engine_use_ray or data_parallel_size > 1: adapters are "
+                "read in the caller's process and cannot reach an engine actor yet (issue 15)"
+            )
         if self.worker_use_ray and self.distributed_executor_backend == "mp":
             raise _bad(
                 "distributed_executor_backend",
@@ -217,8 +233,6 @@ class EngineArgs:
         _positive("max_cpu_loras", self.max_cpu_loras)
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
             raise _bad("max_cpu_loras", f"at least max_loras={self.max_loras}", self.max_cpu_loras)
-        if self.enable_lora:
-            raise NotSupportedError("enable_lora=True: LoRA adapters are not supported yet")
         if self.max_num_batched_tokens is not None:
             if self.max_num_batched_tokens < self.max_num_seqs:
                 raise _bad(
@@ -286,6 +300,7 @@ class EngineArgs:
             enable_chunked_prefill=self.enable_chunked_prefill,
             enable_prefix_caching=self.enable_prefix_caching,
             preemption_mode=self.preemption_mode,
+            max_loras=self.max_loras if self.enable_lora else 0,
         )
 
 

@@ -29,12 +29,15 @@ from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
 from corral.core.validation import check_sampling_params, validate_request
 from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
+from corral.lora.request import LoRARequest
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 from corral.tokenization import bind_bad_words, encode_prompt, truncate_prompt, validate_prompt
 
 if TYPE_CHECKING:
+    from corral.lora.manager import LoRAManager
     from corral.model.config import ModelConfig
+    from corral.outputs import RequestOutput
 
 logger = logging.getLogger("corral.engine")
 
@@ -98,7 +101,7 @@ class AsyncEngine:
                 name,
                 c,
                 EngineLoop(
-                    c, on_finished=request_logger.finished, on_step=self._stats_logger.after_step
+                    c, on_finished=self._request_finished, on_step=self._stats_logger.after_step
                 ),
                 c.config,
                 _has_detokenizer(c),
@@ -109,6 +112,12 @@ class AsyncEngine:
         # The first replica's, for code that knows the engine has one.
         self._core = cores[0]
         self._loop = self._replicas[0].loop
+        # The runner's LoRA adapters (None without enable_lora, and for cores in Ray
+        # actors, where LoRA is refused), and the live requests holding a pin on one.
+        self._lora: LoRAManager | None = getattr(
+            getattr(cores[0], "runner", None), "lora_manager", None
+        )
+        self._lora_pins: dict[RequestState, int] = {}
         self._owns_loop = owns_loop
         self._state = "new"
         # The engine's task group: runs grammar compilations for `generate`.
@@ -119,6 +128,11 @@ class AsyncEngine:
         """True inside the engine's block while the engine loop is alive (with
         ``start_engine_loop=False``: while the owner runs `run_engine_loop`)."""
         return self._state == "running" and any(r.alive and r.loop.running for r in self._replicas)
+
+    @property
+    def max_loras(self) -> int:
+        """Most distinct LoRA adapters in one step; 0 when LoRA is not enabled."""
+        return self._core.config.max_loras
 
     @property
     def errored(self) -> bool:
@@ -207,7 +221,7 @@ class AsyncEngine:
         request_id: str | None = None,
         *,
         prompt_token_ids: Sequence[int] | None = None,
-        lora_request: object = None,
+        lora_request: LoRARequest | None = None,
         prefix_pos: int | None = None,
     ) -> RequestStream:
         """Submit a request and return the stream of its cumulative outputs.
@@ -225,21 +239,23 @@ class AsyncEngine:
                 previous request has ended, aborted or not.
             prompt_token_ids: The prompt as token ids; else ``prompt`` is tokenized
                 (with special tokens, as vLLM does), in this call.
-            lora_request: LoRA adapters are not supported yet; anything but None raises.
+            lora_request: The LoRA adapter to run with (needs ``enable_lora``). One not yet
+                in host memory is read in a worker thread before the request is queued;
+                a bad adapter ends the stream with its ValueError (call `add_lora`
+                first to get that error here).
             prefix_pos: Hint that the first ``prefix_pos`` prompt tokens are a shared
                 prefix whose KV blocks should stay cached longest.
 
         Raises:
             ValueError: a live duplicate ``request_id``, or a prompt the engine can never
                 serve (empty, out-of-vocabulary ids, longer than ``max_model_len``,
-                larger than the KV cache), with the field named.
-            NotSupportedError: ``lora_request`` is not None.
+                larger than the KV cache), with the field named; a ``lora_request``
+                while LoRA is not enabled.
             EngineDeadError: the engine died (the step's error is ``__cause__``).
             EngineClosedError: the engine's block has been left (or not entered).
         """
         self._check_running()
-        if lora_request is not None:
-            raise NotSupportedError("lora_request: LoRA adapters are not supported yet")
+        self._check_lora(lora_request)
         request_id = normalize_request_id(request_id)
         if request_id is None:
             request_id = uuid.uuid4().hex
@@ -270,12 +286,19 @@ class AsyncEngine:
         )
         loop = replica.loop
         structured = sampling_params.structured_outputs
-        if structured is not None and structured.compiled is None:
+        needs_compile = structured is not None and structured.compiled is None
+        if lora_request is not None:
+            state.lora_int_id = lora_request.lora_int_id
+        lora_to_load = None
+        if lora_request is not None and not self._pin(state, lora_request):
+            lora_to_load = lora_request
+        if needs_compile or lora_to_load is not None:
             # The id is taken now; the request reaches the loop once its grammar is
-            # compiled in a worker thread (an abort meanwhile just ends the state).
+            # compiled and its adapter read, in worker threads (an abort meanwhile just
+            # ends the state).
             loop.live[request_id] = state
             assert self._task_group is not None  # set while running
-            self._task_group.start_soon(self._compile_then_submit, loop, state)
+            self._task_group.start_soon(self._prepare_then_submit, loop, state, lora_to_load)
         else:
             loop.submit(state)
         self._request_logger.received(state)
@@ -306,17 +329,84 @@ class AsyncEngine:
             bind_structured_outputs, self._core.runner, sampling_params
         )
 
-    async def _compile_then_submit(self, loop: EngineLoop, state: RequestState) -> None:
+    async def _prepare_then_submit(
+        self, loop: EngineLoop, state: RequestState, lora: LoRARequest | None
+    ) -> None:
         try:
             params = await self.prepare_sampling_params(state.params)
+            if lora is not None:
+                manager = self._lora
+                assert manager is not None  # checked by generate
+                await anyio.to_thread.run_sync(functools.partial(manager.load, lora, pin=True))
+                self._lora_pins[state] = lora.lora_int_id
         except (ValueError, NotSupportedError) as exc:
+            self._unpin(state)
             if not state.done:
                 loop.live.pop(state.request_id, None)
                 state.end(error=exc)
             return
-        if not state.done and not loop.stopping:
-            state.params = params
-            loop.submit(state)
+        if state.done or loop.stopping:
+            self._unpin(state)
+            return
+        state.params = params
+        loop.submit(state)
+
+    def _check_lora(self, lora_request: LoRARequest | None) -> None:
+        if lora_request is None:
+            return
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(
+                f"lora_request must be a LoRARequest, got {type(lora_request).__name__}"
+            )
+        if self._lora is None:
+            raise ValueError(
+                "lora_request: LoRA is not enabled (open the engine with enable_lora=True)"
+            )
+
+    def _pin(self, state: RequestState, lora_request: LoRARequest) -> bool:
+        """Pin the adapter for ``state`` if it is already in host memory (no I/O)."""
+        assert self._lora is not None  # checked by generate
+        if not self._lora.pin(lora_request):
+            return False
+        self._lora_pins[state] = lora_request.lora_int_id
+        return True
+
+    def _unpin(self, state: RequestState) -> None:
+        lora_int_id = self._lora_pins.pop(state, None)
+        if lora_int_id is not None and self._lora is not None:
+            self._lora.unpin(lora_int_id)
+
+    def _request_finished(self, state: RequestState, output: RequestOutput | None) -> None:
+        self._unpin(state)
+        self._request_logger.finished(state, output)
+
+    async def add_lora(self, lora_request: LoRARequest) -> None:
+        """Read an adapter into host memory now, in a worker thread (vLLM's ``add_lora``).
+
+        Raises:
+            ValueError: LoRA is not enabled, or the adapter is bad (missing files, rank
+                above ``max_lora_rank``, unknown target module, shapes or modules that
+                do not match the base model), with the problem named.
+        """
+        self._check_lora(lora_request)
+        assert self._lora is not None
+        await anyio.to_thread.run_sync(self._lora.load, lora_request)
+
+    async def remove_lora(self, lora_int_id: int) -> bool:
+        """Drop an adapter from host memory once its live requests have ended.
+
+        Returns:
+            Whether it was loaded.
+        """
+        await anyio.lowlevel.checkpoint()
+        if self._lora is None:
+            return False
+        return self._lora.remove(lora_int_id)
+
+    async def list_loras(self) -> list[int]:
+        """The ids of the adapters in host memory, least recently used first."""
+        await anyio.lowlevel.checkpoint()
+        return [] if self._lora is None else self._lora.resident_ids()
 
     # --- beam search ---
     def beam_search(

@@ -12,6 +12,7 @@ from corral.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSeq
 from corral.config import EngineArgs
 from corral.core.validation import check_sampling_params, validate_request
 from corral.errors import NotSupportedError
+from corral.lora.request import LoRARequest
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.tokenization import bind_bad_words, encode_prompt
@@ -52,6 +53,7 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         prompt_token_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion and return the final outputs in input order.
 
@@ -62,13 +64,16 @@ class LLM:
             prompt_token_ids: Token ids instead of (or alongside, then winning over)
                 the prompt texts: one list of ids or a list of them.
             use_tqdm: Show a progress bar of finished requests.
+            lora_request: The LoRA adapter for every prompt, or one (or None) per
+                prompt; needs ``enable_lora``.
 
         Raises:
             ValueError: before any request starts, when the inputs disagree in length or
                 a request can never be served (an empty prompt, out-of-vocabulary ids,
                 longer than max_model_len or the KV cache, ``best_of`` above
-                ``max_num_seqs``; see `corral.core.validation.validate_request`), or a
-                structured output's schema, regex or grammar does not compile.
+                ``max_num_seqs``; see `corral.core.validation.validate_request`), a
+                structured output's schema, regex or grammar does not compile, or a
+                LoRA adapter cannot be loaded (or LoRA is not enabled).
         """
         texts, id_lists = _normalize_prompts(prompts, prompt_token_ids)
         num_requests = len(texts) if texts is not None else len(id_lists or [])
@@ -96,13 +101,45 @@ class LLM:
             )
             if error is not None:
                 raise ValueError(error)
-        order: dict[str, int] = {}
-        for i, ids in enumerate(encoded):
-            request_id = str(next(self._request_counter))
-            order[request_id] = i
-            prompt_text = texts[i] if texts is not None else None
-            self.engine_core.add_request(request_id, ids, params[i], prompt=prompt_text)
-        return self._run(order, use_tqdm)
+        loras = _normalize_loras(lora_request, num_requests)
+        pinned = self._pin_loras(loras)
+        try:
+            order: dict[str, int] = {}
+            for i, ids in enumerate(encoded):
+                request_id = str(next(self._request_counter))
+                order[request_id] = i
+                prompt_text = texts[i] if texts is not None else None
+                lora = loras[i]
+                self.engine_core.add_request(
+                    request_id,
+                    ids,
+                    params[i],
+                    prompt=prompt_text,
+                    lora_int_id=lora.lora_int_id if lora is not None else 0,
+                )
+            return self._run(order, use_tqdm)
+        finally:
+            for lora_int_id in pinned:
+                self.engine_core.runner.lora_manager.unpin(lora_int_id)  # type: ignore[attr-defined]
+
+    def _pin_loras(self, loras: list[LoRARequest | None]) -> list[int]:
+        """Load every adapter named (before any request starts) and pin it for the call."""
+        wanted = {lora.lora_int_id: lora for lora in loras if lora is not None}
+        if not wanted:
+            return []
+        manager = getattr(self.engine_core.runner, "lora_manager", None)
+        if manager is None:
+            raise ValueError("lora_request: LoRA is not enabled (create the LLM with enable_lora)")
+        pinned: list[int] = []
+        try:
+            for lora in wanted.values():
+                manager.load(lora, pin=True)
+                pinned.append(lora.lora_int_id)
+        except BaseException:
+            for lora_int_id in pinned:
+                manager.unpin(lora_int_id)
+            raise
+        return pinned
 
     # --- beam search ---
     def beam_search(
@@ -230,3 +267,19 @@ def _normalize_params(
             f"sampling_params: {len(params)} given for {num_requests} prompts; lengths must match"
         )
     return params
+
+
+def _normalize_loras(
+    lora_request: LoRARequest | Sequence[LoRARequest | None] | None, num_requests: int
+) -> list[LoRARequest | None]:
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * num_requests
+    loras = list(lora_request)
+    if len(loras) != num_requests:
+        raise ValueError(
+            f"lora_request: {len(loras)} given for {num_requests} prompts; lengths must match"
+        )
+    for lora in loras:
+        if lora is not None and not isinstance(lora, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest, got {type(lora).__name__}")
+    return loras

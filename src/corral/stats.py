@@ -26,6 +26,8 @@ class EngineStats:
         prefix_cache_hits: Of those, tokens whose KV was found.
         num_prompt_tokens: Prompt tokens computed (recomputation counts again).
         num_generation_tokens: Tokens sampled.
+        lora_running: LoRA adapter id -> its running sequences (adapters only).
+        lora_waiting: LoRA adapter id -> its waiting or swapped sequences.
     """
 
     num_running: int
@@ -40,3 +42,5 @@ class EngineStats:
     prefix_cache_hits: int
     num_prompt_tokens: int
     num_generation_tokens: int
+    lora_running: dict[int, int] = attrs.field(factory=dict)
+    lora_waiting: dict[int, int] = attrs.field(factory=dict)

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from corral.engine import EngineClosedError, open_engine_from_core
-from corral.errors import NotSupportedError
+from corral.lora import LoRARequest
 from corral.sampling_params import SamplingParams
 from corral.testing import wait_idle
 from tests.engine.engine_helpers import TIMEOUT, completions, fake_core, greedy, run_alone
@@ -137,11 +137,14 @@ async def test_prompt_too_long_raises_value_error_up_front() -> None:
                 assert [o.finished async for o in stream] == [False, True]
 
 
-async def test_lora_request_is_not_supported_yet() -> None:
+async def test_lora_request_without_enable_lora_is_refused() -> None:
+    lora = LoRARequest("a", 1, "/adapters/a")
     with anyio.fail_after(TIMEOUT):
         async with open_engine_from_core(fake_core(), log_stats=False) as engine:
-            with pytest.raises(NotSupportedError, match="LoRA"):
-                engine.generate(None, greedy(1), prompt_token_ids=PROMPT, lora_request=object())
+            with pytest.raises(ValueError, match="LoRA is not enabled"):
+                engine.generate(None, greedy(1), prompt_token_ids=PROMPT, lora_request=lora)
+            with pytest.raises(ValueError, match="must be a LoRARequest"):
+                engine.generate(None, greedy(1), prompt_token_ids=PROMPT, lora_request=object())  # type: ignore[arg-type]
 
 
 async def test_generate_after_close_raises_engine_closed_error() -> None:

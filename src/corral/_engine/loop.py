@@ -63,6 +63,7 @@ class CoreLike(Protocol):
         prompt: str | None = None,
         arrival_time: float | None = None,
         prefix_pos: int | None = None,
+        lora_int_id: int = 0,
     ) -> None: ...
 
     def abort_request(self, request_id: str | Iterable[str]) -> None: ...
@@ -311,6 +312,7 @@ class EngineLoop:
                 prompt=state.prompt,
                 arrival_time=state.arrival_time,
                 prefix_pos=state.prefix_pos,
+                lora_int_id=state.lora_int_id,
             )
         except ValueError as exc:
             self._forget(state)

@@ -42,6 +42,7 @@ class RequestState:
         "error",
         "final_only",
         "latest",
+        "lora_int_id",
         "params",
         "prefix_pos",
         "prompt",
@@ -66,6 +67,8 @@ class RequestState:
         self.params = params
         self.prefix_pos = prefix_pos
         self.arrival_time = arrival_time
+        # The LoRA adapter (0: none), pinned in host memory by the front door.
+        self.lora_int_id = 0
         # The engine loop's private id for this request in the core (see EngineLoop._add).
         self.core_id: str | None = None
         self.latest: RequestOutput | None = None

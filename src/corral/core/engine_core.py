@@ -9,6 +9,7 @@ that changed (new tokens, finished, aborted or rejected).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import cast
 
@@ -79,6 +80,7 @@ class EngineCore:
         prompt: str | None = None,
         arrival_time: float | None = None,
         prefix_pos: int | None = None,
+        lora_int_id: int = 0,
     ) -> None:
         """Queue a request.
 
@@ -93,6 +95,8 @@ class EngineCore:
                 shared by many requests: their full blocks, once cached and free, are
                 evicted only after every other free block. It does not affect
                 correctness or which blocks are looked up.
+            lora_int_id: The LoRA adapter it runs with (0: the base model); the runner
+                must already hold the adapter (the front doors load it first).
 
         A request that can never run (see `validate_request`) is accepted and
         finishes at the next step with finish_reason "abort" and an ``error``.
@@ -103,6 +107,10 @@ class EngineCore:
         """
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
+        if lora_int_id and not self.config.max_loras:
+            raise ValueError(
+                "lora_request: LoRA is not enabled (start the engine with enable_lora)"
+            )
         prompt_token_ids = list(prompt_token_ids)
         error = validate_request(
             self.config,
@@ -119,6 +127,7 @@ class EngineCore:
             self._next_arrival,
             time.time() if arrival_time is None else arrival_time,
             prefix_pos,
+            lora_int_id,
         )
         self._next_arrival += 1
         seq = Sequence(self._new_seq_id(), 0, request)
@@ -183,7 +192,17 @@ class EngineCore:
             prefix_cache_hits=self.kv.prefix_cache_hits,
             num_prompt_tokens=self._num_prompt_tokens,
             num_generation_tokens=self._num_generation_tokens,
+            **self._lora_counts(),
         )
+
+    def _lora_counts(self) -> dict[str, dict[int, int]]:
+        if not self.config.max_loras:
+            return {}
+        scheduler = self.scheduler
+        running = Counter(s.lora_int_id for s in scheduler.running if s.lora_int_id)
+        queued = (s for _, s in (*scheduler.waiting, *scheduler.swapped))
+        waiting = Counter(s.lora_int_id for s in queued if s.lora_int_id)
+        return {"lora_running": dict(running), "lora_waiting": dict(waiting)}
 
     def _new_seq_id(self) -> int:
         seq_id = self._next_seq_id

@@ -87,6 +87,11 @@ class ScheduledSequence(Protocol):
     @property
     def params(self) -> SamplingParams: ...
 
+    @property
+    def lora_int_id(self) -> int:
+        """The LoRA adapter this sequence runs with; 0 for the base model."""
+        ...
+
 
 @attrs.define(slots=True)
 class SchedulerOutput:

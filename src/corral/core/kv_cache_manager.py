@@ -35,8 +35,9 @@ class KVCacheManager:
         bs = self.block_size
         hashes = seq.block_hashes
         token_ids = seq.token_ids
+        root = _chain_root(seq)
         for i in range(len(hashes), num_blocks):
-            parent = hashes[i - 1] if i else None
+            parent = hashes[i - 1] if i else root
             hashes.append(hash((parent, tuple(token_ids[i * bs : (i + 1) * bs]))))
 
     def cached_prefix(self, seq: Sequence) -> list[int]:
@@ -54,7 +55,7 @@ class KVCacheManager:
         hashes = seq.block_hashes
         token_ids = seq.token_ids
         blocks: list[int] = []
-        parent = None
+        parent = _chain_root(seq)
         for i in range(num_full):
             block = self.pool.lookup(hashes[i], parent, tuple(token_ids[i * bs : (i + 1) * bs]))
             if block is None:
@@ -136,7 +137,7 @@ class KVCacheManager:
             self.pool.cache(
                 block_table[i],
                 hashes[i],
-                hashes[i - 1] if i else None,
+                hashes[i - 1] if i else _chain_root(seq),
                 tuple(token_ids[i * bs : (i + 1) * bs]),
             )
         seq.num_cached_blocks = num_full
@@ -201,3 +202,9 @@ class KVCacheManager:
         seq.block_table = device_table
         # Offer the copies again: the originals may have been evicted meanwhile.
         seq.num_cached_blocks = 0
+
+
+def _chain_root(seq: Sequence) -> int | None:
+    """The parent hash of a sequence's first block: its LoRA adapter's, so that two
+    adapters (or an adapter and the base model) never share KV blocks."""
+    return hash(("lora", seq.lora_int_id)) if seq.lora_int_id else None

@@ -8,7 +8,8 @@ Each step spends a token budget (``max_num_batched_tokens``) in this order:
 2. running sequences in the middle of a chunked prefill (a chunk each);
 3. swapped-out sequences, FCFS, if nothing was preempted this step;
 4. waiting sequences, FCFS, if nothing was preempted, nothing is swapped out and no
-   running prefill was held back for lack of blocks. Admission is strictly in order
+   running prefill was held back for lack of blocks. A sequence whose LoRA adapter
+   would make more than ``max_loras`` distinct adapters run waits (in 3 and 4). Admission is strictly in order
    (the head blocks those behind it) and keeps ``watermark`` blocks free unless
    nothing runs, so that a fresh admission does not cause a preemption next step.
 
@@ -297,8 +298,20 @@ class Scheduler:
         return None
 
     def _has_seat(self, seq: Sequence) -> bool:
-        """Whether ``seq`` (with the samples it will fork into) fits in ``max_num_seqs``."""
-        return len(self.running) + self.num_reserved + self._seats(seq) <= self.config.max_num_seqs
+        """Whether ``seq`` (with the samples it will fork into) fits in ``max_num_seqs``,
+        and its LoRA adapter in ``max_loras``."""
+        return len(self.running) + self.num_reserved + self._seats(
+            seq
+        ) <= self.config.max_num_seqs and self._lora_fits(seq)
+
+    def _lora_fits(self, seq: Sequence) -> bool:
+        """Whether running ``seq`` keeps at most ``max_loras`` distinct adapters among the
+        running sequences (so every step's batch maps onto the runner's slots)."""
+        lora_int_id = seq.lora_int_id
+        if not lora_int_id:
+            return True
+        loras = {s.lora_int_id for s in self.running if s.lora_int_id}
+        return lora_int_id in loras or len(loras) < self.config.max_loras
 
     def _chunk(self, num_left: int, budget: int) -> int:
         """How many of a sequence's ``num_left`` uncomputed tokens this step computes:

@@ -29,6 +29,7 @@ class Request:
         "arrival_index",
         "beam",
         "error",
+        "lora_int_id",
         "metrics",
         "num_finished",
         "params",
@@ -49,6 +50,7 @@ class Request:
         arrival_index: int,
         arrival_time: float,
         prefix_pos: int | None,
+        lora_int_id: int = 0,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
@@ -57,6 +59,9 @@ class Request:
         # FCFS rank: the order add_request was called in.
         self.arrival_index = arrival_index
         self.prefix_pos = prefix_pos
+        # The LoRA adapter (0: the base model): part of the request's identity, so it
+        # keys its prefix-cache blocks and counts toward max_loras.
+        self.lora_int_id = lora_int_id
         self.metrics = RequestMetrics(arrival_time=arrival_time)
         self.prompt_logprobs: list[Logprobs | None] | None = (
             None if params.prompt_logprobs is None else [None]
@@ -106,6 +111,7 @@ class Sequence:
         "finish_reason",
         "fork_pending",
         "logprobs",
+        "lora_int_id",
         "num_cached_blocks",
         "num_computed_tokens",
         "num_prompt_tokens",
@@ -127,6 +133,7 @@ class Sequence:
         self.request = request
         self.request_id = request.request_id
         self.params = request.params
+        self.lora_int_id = request.lora_int_id
         self.token_ids: list[int] = list(request.prompt_token_ids)
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.num_computed_tokens = 0

@@ -18,7 +18,7 @@ import attrs
 from corral.config import CoreConfig
 from corral.core.engine_core import EngineCore
 from corral.core.validation import validate_request
-from corral.errors import DistributedError
+from corral.errors import DistributedError, NotSupportedError
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
@@ -123,14 +123,20 @@ class RemoteCore:
         prompt: str | None = None,
         arrival_time: float | None = None,
         prefix_pos: int | None = None,
+        lora_int_id: int = 0,
     ) -> None:
         """Queue an add for the next step; raises what `EngineCore.add_request` raises."""
+        if lora_int_id:
+            # EngineArgs refuses enable_lora with an engine actor; this is the backstop.
+            raise NotSupportedError("lora_request: LoRA adapters cannot reach an engine actor")
         if request_id in self._unfinished:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
         token_ids = list(prompt_token_ids)
-        validate_request(
+        error = validate_request(
             self.config, token_ids, params, prefix_pos, has_detokenizer=self.has_detokenizer
         )
+        if error is not None:
+            raise ValueError(error)
         self._adds.append((request_id, token_ids, params, prompt, arrival_time, prefix_pos))
         self._unfinished.add(request_id)
 

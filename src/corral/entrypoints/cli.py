@@ -43,15 +43,8 @@ _GENERATE_SKIP = (
     "output_kind",
     "logit_bias", "_bad_words_token_ids",
 )  # fmt: skip
-# Engine fields that accept only their default today (anything else raises "not
-# supported"): offering them as flags would promise what corral does not do.
-_ENGINE_SKIP = (
-    "model",
-    "enable_lora",
-    "max_loras",
-    "max_lora_rank",
-    "max_cpu_loras",
-)
+# Engine fields that are not flags: the model is the positional argument.
+_ENGINE_SKIP = ("model",)
 _BENCHMARKS = ("throughput", "serving")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -139,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join(tool_parser_names())} (hermes: <tool_call>{{json}}</tool_call>, as "
         "Hermes and Qwen models and the embedded model write them).",
     )  # fmt: skip
+    server.add_argument(
+        "--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+        help="LoRA adapters (PEFT folders) to serve; a request's model NAME selects one "
+        "(needs --enable-lora).",
+    )  # fmt: skip
+    server.add_argument(
+        "--allow-runtime-lora-updating", action="store_true",
+        help="Offer POST /v1/load_lora_adapter and /v1/unload_lora_adapter.",
+    )  # fmt: skip
     serve.set_defaults(handler=_serve, engine_fields=engine_fields, usage=serve)
 
     generate = commands.add_parser(
@@ -218,6 +220,13 @@ def _default_names(namespace: argparse.Namespace) -> tuple[str, ...]:
     return (DEFAULT_SERVED_NAME,) if namespace.model is None else ()
 
 
+def _lora_module(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--lora-modules: expected NAME=PATH, got {text!r}")
+    return name, path
+
+
 def _serve(namespace: argparse.Namespace) -> int:
     settings = ServerSettings(
         host=namespace.host,
@@ -229,6 +238,8 @@ def _serve(namespace: argparse.Namespace) -> int:
         max_body_size=namespace.max_request_body_size,
         tool_call_parser=namespace.tool_call_parser,
         enable_auto_tool_choice=namespace.enable_auto_tool_choice,
+        lora_modules=tuple(_lora_module(m) for m in namespace.lora_modules),
+        allow_runtime_lora_updating=namespace.allow_runtime_lora_updating,
     )
     engine_args = _engine_args(namespace)
     # Before the model loads: a taken port should cost the user no loading time.

@@ -52,7 +52,9 @@ class EngineStatsCollector(Collector):
     """Turns one `EngineStats` snapshot per scrape into gauges and counters.
 
     With several data-parallel replicas, each metric has one sample per replica,
-    labelled ``replica`` (sum over it for the engine's total).
+    labelled ``replica`` (sum over it for the engine's total). With LoRA, the adapters'
+    running and waiting requests too (vLLM's ``lora_requests_info`` and per-adapter
+    gauges).
     """
 
     def __init__(
@@ -60,10 +62,14 @@ class EngineStatsCollector(Collector):
         stats: Callable[[], EngineStats],
         model_name: str,
         replica_stats: Callable[[], dict[str, EngineStats]] | None = None,
+        lora_names: Callable[[], dict[int, str]] | None = None,
+        max_lora: int = 0,
     ) -> None:
         self._stats = stats
         self._replica_stats = replica_stats
         self._model_name = model_name
+        self._lora_names = lora_names
+        self._max_lora = max_lora
 
     def collect(self) -> Iterator[Metric]:
         replicas = self._replica_stats() if self._replica_stats is not None else {}
@@ -79,6 +85,31 @@ class EngineStatsCollector(Collector):
                 for labels, stats in rows:
                     metric.add_metric(labels, float(getattr(stats, field)))
                 yield metric
+        if self._lora_names is not None:
+            yield from self._lora_metrics(rows[0][1], self._lora_names())
+
+    def _lora_metrics(self, stats: EngineStats, names: dict[int, str]) -> Iterator[Metric]:
+        def named(counts: dict[int, int]) -> dict[str, int]:
+            return {names.get(i, str(i)): n for i, n in sorted(counts.items())}
+
+        running, waiting = named(stats.lora_running), named(stats.lora_waiting)
+        # vLLM's lora_requests_info: the adapters in labels, the scrape time as value.
+        info = GaugeMetricFamily(
+            "corral:lora_requests_info",
+            "Running and waiting LoRA adapters (comma-separated names) and max_loras.",
+            labels=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+        )
+        info.add_metric([",".join(running), ",".join(waiting), str(self._max_lora)], time.time())
+        yield info
+        for kind, counts in (("running", running), ("waiting", waiting)):
+            gauge = GaugeMetricFamily(
+                f"corral:lora_requests_{kind}",
+                f"Sequences {kind} per LoRA adapter.",
+                labels=["model_name", "lora_name"],
+            )
+            for lora_name in sorted({*names.values(), *counts}):
+                gauge.add_metric([self._model_name, lora_name], float(counts.get(lora_name, 0)))
+            yield gauge
 
 
 class ServerMetrics:
@@ -89,6 +120,8 @@ class ServerMetrics:
         model_name: The served model name, the ``model_name`` label of every metric.
         replica_stats: Returns each data-parallel replica's `EngineStats` by name; with
             more than one, the engine metrics are per replica (label ``replica``).
+        lora_names: With LoRA: returns the adapters' names by id (per-adapter gauges).
+        max_lora: ``max_loras``, reported by ``corral:lora_requests_info``.
     """
 
     def __init__(
@@ -96,9 +129,13 @@ class ServerMetrics:
         stats: Callable[[], EngineStats],
         model_name: str,
         replica_stats: Callable[[], dict[str, EngineStats]] | None = None,
+        lora_names: Callable[[], dict[int, str]] | None = None,
+        max_lora: int = 0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(EngineStatsCollector(stats, model_name, replica_stats))
+        self.registry.register(
+            EngineStatsCollector(stats, model_name, replica_stats, lora_names, max_lora)
+        )
         self._model_name = model_name
         labels = ["model_name"]
         self.request_success = Counter(

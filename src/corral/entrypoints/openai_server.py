@@ -9,14 +9,16 @@ lifetime belongs to whoever opened it.
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 
 from corral.engine import AsyncEngine
 from corral.entrypoints.api_server import add_generate_route
-from corral.entrypoints.errors import install_error_handlers
+from corral.entrypoints.errors import APIError, install_error_handlers
 from corral.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
 from corral.entrypoints.middleware import APIKeyMiddleware, ASGIApp, BodyLimitMiddleware
 from corral.entrypoints.protocol import (
@@ -36,6 +38,21 @@ from corral.entrypoints.serving_chat import create_chat_completion, render_chat
 from corral.entrypoints.serving_completion import create_completion
 from corral.entrypoints.tool_parsers import get_tool_parser
 
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """``POST /v1/load_lora_adapter`` (vLLM's body)."""
+
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    """``POST /v1/unload_lora_adapter`` (vLLM's body; the id, if given, is not needed)."""
+
+    lora_name: str
+    lora_int_id: int | None = None
+
+
 DEFAULT_MAX_BODY_SIZE = 4 * 2**20
 """Largest request body accepted (bytes); larger ones get 413."""
 
@@ -53,6 +70,8 @@ async def make_context(
     served_model_names: list[str] | None = None,
     tool_call_parser: str | None = None,
     enable_auto_tool_choice: bool = False,
+    lora_modules: Sequence[tuple[str, str]] = (),
+    allow_runtime_lora_updating: bool = False,
 ) -> ServingContext:
     """The handlers' view of an open engine.
 
@@ -64,10 +83,14 @@ async def make_context(
         tool_call_parser: The registered tool-call parser that reads ``tool_choice:
             "auto"`` answers (see `corral.entrypoints.tool_parsers`).
         enable_auto_tool_choice: Serve ``tool_choice: "auto"`` (needs ``tool_call_parser``).
+        lora_modules: (name, path) of the LoRA adapters to serve (the engine needs
+            ``enable_lora``); each is read now.
+        allow_runtime_lora_updating: Offer ``POST /v1/load_lora_adapter`` and
+            ``/v1/unload_lora_adapter``.
 
     Raises:
         ValueError: The engine has no tokenizer or no model config; an unknown parser;
-            auto tool choice without a parser.
+            auto tool choice without a parser; a bad LoRA adapter.
     """
     check_tool_options(tool_call_parser, enable_auto_tool_choice)
     tokenizer = await engine.get_tokenizer()
@@ -77,7 +100,10 @@ async def make_context(
     names = list(served_model_names or [model_path])
     if not all(names):
         raise ValueError(f"served_model_names must be non-empty strings, got {names!r}")
-    return ServingContext(
+    lora_enabled = engine.max_loras > 0
+    if (lora_modules or allow_runtime_lora_updating) and not lora_enabled:
+        raise ValueError("lora_modules: LoRA is not enabled (start with --enable-lora)")
+    ctx = ServingContext(
         engine=engine,
         tokenizer=tokenizer,
         model_path=model_path,
@@ -87,7 +113,22 @@ async def make_context(
         metrics=ServerMetrics(engine.stats, names[0], engine.replica_stats),
         tool_parser=None if tool_call_parser is None else get_tool_parser(tool_call_parser)(),
         enable_auto_tool_choice=enable_auto_tool_choice,
+        allow_runtime_lora_updating=allow_runtime_lora_updating,
     )
+    if lora_enabled:
+        ctx.metrics = ServerMetrics(
+            engine.stats,
+            names[0],
+            engine.replica_stats,
+            lora_names=lambda: ctx.lora_names,
+            max_lora=engine.max_loras,
+        )
+    for lora_name, lora_path in lora_modules:
+        try:
+            await ctx.load_lora(lora_name, lora_path)
+        except APIError as exc:
+            raise ValueError(f"lora_modules: {exc.message}") from None
+    return ctx
 
 
 def check_tool_options(tool_call_parser: str | None, enable_auto_tool_choice: bool) -> None:
@@ -146,7 +187,28 @@ def build_app(
             ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len)
             for name in ctx.served_model_names
         ]
+        cards += [
+            ModelCard(
+                id=name,
+                root=lora.lora_path,
+                parent=ctx.served_model_names[0],
+                max_model_len=ctx.max_model_len,
+            )
+            for name, lora in ctx.lora_modules.items()
+        ]
         return ModelList(data=cards)
+
+    if ctx.allow_runtime_lora_updating:
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(body: LoadLoRAAdapterRequest) -> Response:
+            await ctx.load_lora(body.lora_name, body.lora_path)
+            return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added.")
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(body: UnloadLoRAAdapterRequest) -> Response:
+            await ctx.unload_lora(body.lora_name)
+            return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed.")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:

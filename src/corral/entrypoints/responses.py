@@ -172,13 +172,15 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """A served model name in ``/v1/models``; ``root`` is the model path."""
+    """A served model name in ``/v1/models``; ``root`` is the model (or adapter) path,
+    ``parent`` the base model an adapter applies to."""
 
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "corral"
     root: str | None = None
+    parent: str | None = None
     max_model_len: int | None = None
 
 

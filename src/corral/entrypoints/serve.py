@@ -100,6 +100,8 @@ class ServerSettings:
         max_body_size: Largest request body in bytes (larger: 413).
         tool_call_parser: The tool-call parser for ``tool_choice: "auto"`` (e.g. "hermes").
         enable_auto_tool_choice: Serve ``tool_choice: "auto"`` (needs ``tool_call_parser``).
+        lora_modules: (name, path) of the LoRA adapters served from the start.
+        allow_runtime_lora_updating: Offer the load / unload adapter endpoints.
     """
 
     host: str = "127.0.0.1"
@@ -111,6 +113,8 @@ class ServerSettings:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     tool_call_parser: str | None = None
     enable_auto_tool_choice: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    allow_runtime_lora_updating: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.loop not in LOOPS:
@@ -193,6 +197,8 @@ async def serve(settings: ServerSettings, engine_args: AsyncEngineArgs) -> None:
                 served_model_names=list(settings.served_model_names) or None,
                 tool_call_parser=settings.tool_call_parser,
                 enable_auto_tool_choice=settings.enable_auto_tool_choice,
+                lora_modules=settings.lora_modules,
+                allow_runtime_lora_updating=settings.allow_runtime_lora_updating,
             )
             app = build_app(ctx, api_key=settings.api_key, max_body_size=settings.max_body_size)
             # In a task of its own: hypercorn's asyncio serve returns with a cancellation

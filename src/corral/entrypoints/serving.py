@@ -27,6 +27,7 @@ from corral.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
 from corral.entrypoints.sse import wait_disconnect
 from corral.entrypoints.tool_parsers import ToolParser
 from corral.errors import EngineDeadError
+from corral.lora.request import LoRARequest
 from corral.outputs import RequestOutput
 from corral.sampling_params import RequestOutputKind, SamplingParams
 
@@ -50,6 +51,9 @@ class ServingContext:
             (``--tool-call-parser``); None: no parser.
         enable_auto_tool_choice: Whether ``tool_choice: "auto"`` is served
             (``--enable-auto-tool-choice``, which needs a parser).
+        lora_modules: LoRA adapters by served name (a request's ``model`` selects one).
+        allow_runtime_lora_updating: Whether adapters may be loaded and unloaded
+            through the API.
     """
 
     engine: AsyncEngine
@@ -61,15 +65,49 @@ class ServingContext:
     metrics: ServerMetrics
     tool_parser: ToolParser | None = None
     enable_auto_tool_choice: bool = False
+    lora_modules: dict[str, LoRARequest] = attrs.field(factory=dict)
+    allow_runtime_lora_updating: bool = False
     _token_text: dict[int, str] = attrs.field(factory=dict)
+    # Every adapter name ever served, by id: metrics still name an unloaded adapter
+    # whose requests are finishing.
+    lora_names: dict[int, str] = attrs.field(factory=dict)
 
     def model_name(self, requested: str | None) -> str:
         """The served name a request addresses (404 for an unknown one)."""
         if requested is None:
             return self.served_model_names[0]
-        if requested not in self.served_model_names:
+        if requested not in self.served_model_names and requested not in self.lora_modules:
             raise APIError(404, f"model {requested!r} does not exist", "model")
         return requested
+
+    async def load_lora(self, lora_name: str, lora_path: str) -> LoRARequest:
+        """Read an adapter (in a worker thread) and serve it under ``lora_name``.
+
+        Raises:
+            APIError: 400 for a taken name or a bad adapter (the problem named).
+        """
+        if not lora_name or lora_name in self.served_model_names or lora_name in self.lora_modules:
+            raise APIError(400, f"lora_name {lora_name!r} is empty or already served", "lora_name")
+        lora_int_id = max(self.lora_names, default=0) + 1
+        try:
+            lora = LoRARequest(lora_name, lora_int_id, lora_path)
+            await self.engine.add_lora(lora)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "lora_path") from exc
+        self.lora_modules[lora_name] = lora
+        self.lora_names[lora_int_id] = lora_name
+        return lora
+
+    async def unload_lora(self, lora_name: str) -> None:
+        """Stop serving an adapter: requests in flight finish, new ones get 404.
+
+        Raises:
+            APIError: 404 for a name that is not a served adapter.
+        """
+        lora = self.lora_modules.pop(lora_name, None)
+        if lora is None:
+            raise APIError(404, f"LoRA adapter {lora_name!r} is not loaded", "lora_name")
+        await self.engine.remove_lora(lora.lora_int_id)
 
     def begin(self, request: ChatCompletionRequest | CompletionRequest) -> str:
         """The checks a generation request starts with; returns the served model name.
@@ -154,9 +192,11 @@ class ServingContext:
         params: SamplingParams,
         *,
         prompt: str | None = None,
+        model: str | None = None,
     ) -> RequestStream:
         """Hand one request to the engine; it runs from now on. ``prompt`` is the text
-        the ids came from, for the engine's request log.
+        the ids came from, for the engine's request log; ``model``, the served name
+        (an adapter's name runs the request with that adapter).
 
         The caller must end the returned stream (`consume` does, or ``close()``):
         that is what aborts the request when its client goes away.
@@ -169,13 +209,19 @@ class ServingContext:
         self.check_alive()
         try:
             return self.engine.generate(
-                prompt, params, request_id, prompt_token_ids=prompt_token_ids
+                prompt,
+                params,
+                request_id,
+                prompt_token_ids=prompt_token_ids,
+                lora_request=self.lora_modules.get(model) if model is not None else None,
             )
         except ValueError as exc:
             raise bad_request(exc) from exc
 
     def submit_all(
-        self, requests: Sequence[tuple[str, list[int], SamplingParams, str | None]]
+        self,
+        requests: Sequence[tuple[str, list[int], SamplingParams, str | None]],
+        model: str | None = None,
     ) -> list[RequestStream]:
         """`submit` each ``(request_id, prompt_token_ids, params, prompt)``, all or none:
         when one is refused, those already submitted are aborted before the error
@@ -183,7 +229,9 @@ class ServingContext:
         streams: list[RequestStream] = []
         try:
             for request_id, token_ids, params, prompt in requests:
-                streams.append(self.submit(request_id, token_ids, params, prompt=prompt))
+                streams.append(
+                    self.submit(request_id, token_ids, params, prompt=prompt, model=model)
+                )
         except BaseException:
             for stream in streams:
                 stream.close()

@@ -159,7 +159,7 @@ async def create_chat_completion(
     params = await ctx.compile_structured_outputs(params, field)
     request_id = random_id("chatcmpl")
     created = int(time.time())
-    stream = ctx.submit(request_id, token_ids, params, prompt=text)
+    stream = ctx.submit(request_id, token_ids, params, prompt=text, model=model)
     if request.stream:
         return EventStreamResponse(
             lambda emit: _stream(ctx, request, tools, stream, request_id, created, model, emit),

@@ -168,7 +168,8 @@ async def create_completion(
     request_id = random_id("cmpl")
     created = int(time.time())
     streams = ctx.submit_all(
-        [(f"{request_id}-{p}", q.token_ids, q.params, q.text) for p, q in enumerate(prompts)]
+        [(f"{request_id}-{p}", q.token_ids, q.params, q.text) for p, q in enumerate(prompts)],
+        model=model,
     )
 
     def close_all() -> None:

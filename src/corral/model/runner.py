@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from corral.core.interface import Logprobs, ModelRunnerOutput, SchedulerOutput
+from corral.lora.manager import LoRAManager
 from corral.model.batch import ModelInput, prepare_input
 from corral.model.config import ModelConfig
 from corral.model.kv_cache import PagedKVCache
@@ -70,6 +71,7 @@ class TorchModelRunner:
         sampler: Chooses the tokens.
         structured_outputs: Compiles grammars and masks the logits of structured
             requests; None for a runner that refuses them.
+        lora_manager: Serves LoRA adapters to the model it wrapped; None without LoRA.
     """
 
     def __init__(
@@ -79,12 +81,14 @@ class TorchModelRunner:
         kv_cache: PagedKVCache,
         sampler: Sampler,
         structured_outputs: StructuredOutputs | None = None,
+        lora_manager: LoRAManager | None = None,
     ) -> None:
         self.model = model
         self.model_config = model_config
         self.kv_cache = kv_cache
         self.sampler = sampler
         self.structured_outputs = structured_outputs
+        self.lora_manager = lora_manager
         self.device = kv_cache.layers[0][0].device
 
     @torch.inference_mode()
@@ -106,7 +110,17 @@ class TorchModelRunner:
                 logit_rows=model_input.sample_indices + model_input.prompt_indices,
             )
         self.begin_step(step)
-        logits = run_forward(self.model, self.kv_cache, step)
+        lora = self.lora_manager
+        if lora is not None and scheduler_output.seqs:
+            lora.prepare(
+                [seq.lora_int_id for seq in scheduler_output.seqs],
+                scheduler_output.num_new_tokens,
+            )
+        try:
+            logits = run_forward(self.model, self.kv_cache, step)
+        finally:
+            if lora is not None:
+                lora.finish_step()
         if logits is None or model_input is None:
             return ModelRunnerOutput()
         num_sampled = len(model_input.sample_indices)

@@ -30,6 +30,7 @@ import pathlib
 import torch
 
 __all__ = [
+    "add_lora",
     "copy_blocks",
     "fused_add_rms_norm",
     "gelu_tanh",
@@ -276,3 +277,39 @@ def token_logprobs(out: torch.Tensor, logits: torch.Tensor, token_ids: torch.Ten
     """
     _ensure_loaded()
     torch.ops.corral.token_logprobs(out, logits, token_ids)
+
+
+def add_lora(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    token_slots: torch.Tensor,
+    output_slices: list[int],
+) -> None:
+    """Add each token's LoRA delta to a linear layer's output, in place, for many adapters.
+
+    The output columns are cut into ``output_slices`` (one slice per fused projection:
+    q, k, v of a fused qkv layer; a single slice for a plain layer). For token ``t``
+    with ``s = token_slots[t] >= 0`` and slice ``j`` covering columns ``[c0, c1)``::
+
+        out[t, c0:c1] += (x[t] @ lora_a[s, j*R:(j+1)*R].T) @ lora_b[s, :, c0:c1]
+
+    where ``R = lora_b.shape[1]`` (the padded rank: an adapter of smaller rank leaves
+    zeros in its extra rows). A token with slot -1 is left alone. The adapter's
+    scaling is folded into ``lora_b``. Math is float32; the ``x @ A.T`` product is
+    rounded to the storage dtype first, as PEFT's ``lora_A`` output is.
+
+    Args:
+        out: ``[num_tokens, out_features]``, contiguous in the last dimension.
+        x: ``[num_tokens, in_features]``, contiguous in the last dimension; float32,
+            bfloat16 or float16 (every tensor but ``token_slots`` has this dtype).
+        lora_a: contiguous ``[max_loras, len(output_slices) * R, in_features]``.
+        lora_b: contiguous ``[max_loras, R, out_features]``.
+        token_slots: int64 ``[num_tokens]``, each in ``[-1, max_loras)``, checked before
+            anything is read through it; on a CUDA ``x`` it may be on the CPU (no
+            synchronisation) or on the device.
+        output_slices: positive column counts summing to ``out_features``.
+    """
+    _ensure_loaded()
+    torch.ops.corral.add_lora(out, x, lora_a, lora_b, token_slots, output_slices)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "add_lora",
     "copy_blocks",
     "fused_add_rms_norm",
     "gather_kv",
@@ -157,3 +158,26 @@ def rotary_embedding(
 def token_logprobs(out: torch.Tensor, logits: torch.Tensor, token_ids: torch.Tensor) -> None:
     """Reference of :func:`corral.ops.token_logprobs`."""
     out.copy_(logits.log_softmax(dim=-1).gather(1, token_ids.unsqueeze(1)).squeeze(1))
+
+
+def add_lora(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    token_slots: torch.Tensor,
+    output_slices: list[int],
+) -> None:
+    """Reference of :func:`corral.ops.add_lora` (one token at a time)."""
+    rank = lora_b.shape[1]
+    for t in range(x.shape[0]):
+        slot = int(token_slots[t])
+        if slot < 0:
+            continue
+        shrunk = (lora_a[slot].float() @ x[t].float()).to(x.dtype).float()
+        c0 = 0
+        for j, size in enumerate(output_slices):
+            b = lora_b[slot, :, c0 : c0 + size].float()
+            delta = shrunk[j * rank : (j + 1) * rank] @ b
+            out[t, c0 : c0 + size] = (out[t, c0 : c0 + size].float() + delta).to(out.dtype)
+            c0 += size
