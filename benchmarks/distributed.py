@@ -11,8 +11,10 @@ machine's CPUs:
   ``OMP_NUM_THREADS`` to 2); the front door here.
 - ``dp2_1t``: ``data_parallel_size=2``, two actors of 1 CPU each, the router
   spreading the requests.
+- ``tp2_1t``: ``tensor_parallel_size=2`` ("mp" workers), each rank on 1 thread;
+  `benchmarks/distributed_tp.py` also times its collectives.
 
-Rows for other executors (tensor parallelism) go in `SYSTEMS`, keyed by name.
+Other rows go in `SYSTEMS`, keyed by name.
 Wall time covers the requests only: loading, actor start-up and one warm-up request
 per engine (replica) are excluded. Ray starts locally, sized to this process's CPUs.
 Prints one JSON object (and writes it to ``--out``).
@@ -102,11 +104,19 @@ def data_parallel(folder: Path, common: dict[str, Any]) -> dict[str, Any]:
     return {"model": str(folder), "data_parallel_size": 2, **common}
 
 
+def tensor_parallel(folder: Path, common: dict[str, Any]) -> dict[str, Any]:
+    # Each rank runs as many torch threads as the driver has when the workers start;
+    # benchmarks/distributed_tp.py adds the time spent in collectives.
+    torch.set_num_threads(1)
+    return {"model": str(folder), "tensor_parallel_size": 2, **common}
+
+
 # Row name -> the engine arguments of that row (the workload is the same for all).
 SYSTEMS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
     "in_process_2t": in_process,
     "engine_use_ray_2t": engine_use_ray,
     "dp2_1t": data_parallel,
+    "tp2_1t": tensor_parallel,
 }
 
 
@@ -162,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["ratios"] = {
         "engine_use_ray_over_in_process": _ratio(result, "engine_use_ray_2t", "in_process_2t"),
         "dp2_over_in_process": _ratio(result, "dp2_1t", "in_process_2t"),
+        # No target: the overhead of an all-reduce per layer, reported as measured.
+        "tp2_over_in_process": _ratio(result, "tp2_1t", "in_process_2t"),
     }
     result["targets"] = {
         name: {

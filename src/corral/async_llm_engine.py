@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from corral.beam_search import BeamSearchParams
 from corral.config import AsyncEngineArgs
 from corral.engine import AsyncEngine, RequestStream, open_engine
 from corral.errors import EngineClosedError
@@ -200,6 +201,15 @@ class AsyncLLMEngine:
             lora_request=lora_request,
             prefix_pos=prefix_pos,
         )
+
+    def beam_search(
+        self,
+        prompt: str | dict[str, Any],
+        request_id: str | None,
+        params: BeamSearchParams,
+    ) -> RequestStream:
+        """Beam search; the stream yields one final output (see `AsyncEngine.beam_search`)."""
+        return self._running().beam_search(prompt, request_id, params)
 
     async def abort(self, request_id: str) -> None:
         """Abort a request; a no-op for unknown or finished ids."""

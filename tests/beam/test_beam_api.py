@@ -9,6 +9,8 @@ import anyio
 import pytest
 
 from corral import BeamSearchOutput, BeamSearchParams, NotSupportedError, RequestOutputKind
+from corral.async_llm_engine import AsyncLLMEngine
+from corral.config import AsyncEngineArgs
 from corral.engine import open_engine
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
@@ -179,18 +181,27 @@ def test_the_docs_example_runs(beam_zoo: ModelZoo, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.anyio
-async def test_async_engine_beam_search_yields_the_final_beams(beam_zoo: ModelZoo) -> None:
+@pytest.mark.parametrize("front_door", ["AsyncEngine", "AsyncLLMEngine"])
+async def test_async_engine_beam_search_yields_the_final_beams(
+    beam_zoo: ModelZoo, front_door: str
+) -> None:
     params = BeamSearchParams(beam_width=3, max_tokens=8)
     (want,) = beam_zoo.llm("llama").beam_search(["The quick brown fox"], params)
     seen: list[RequestOutput] = []
+    args = AsyncEngineArgs(
+        model=str(beam_zoo.path("llama")),
+        dtype="float32",
+        num_kv_blocks=256,
+        max_model_len=512,
+        log_requests=False,
+    )
+    opened: Any = (
+        AsyncLLMEngine.from_engine_args(args)
+        if front_door == "AsyncLLMEngine"
+        else open_engine(args)
+    )
     with anyio.fail_after(60):
-        async with open_engine(
-            model=str(beam_zoo.path("llama")),
-            dtype="float32",
-            num_kv_blocks=256,
-            max_model_len=512,
-            log_requests=False,
-        ) as engine:
+        async with opened as engine:
             async with engine.beam_search("The quick brown fox", "b", params) as stream:
                 async for out in stream:
                     seen.append(out)
