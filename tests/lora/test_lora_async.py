@@ -78,6 +78,28 @@ async def test_bad_adapter_ends_its_stream_and_add_lora_raises(zoo: ModelZoo) ->
 
 
 @pytest.mark.anyio
+async def test_a_request_the_core_refuses_releases_its_adapter(
+    zoo: ModelZoo, adapters: AdapterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lora = LoRARequest("a1", 1, str(adapters.make(MODEL, seed=1)[0]))
+    with anyio.fail_after(120):
+        async with open_engine(**engine_args(zoo, enable_lora=True)) as engine:
+            await engine.add_lora(lora)
+            core: Any = engine._core
+
+            def refuse(*args: Any, **kwargs: Any) -> None:
+                raise ValueError("refused by the core")
+
+            # The front door's checks pass; the core refuses at the loop's step boundary.
+            monkeypatch.setattr(core, "add_request", refuse)
+            with pytest.raises(ValueError, match="refused by the core"):
+                await run(engine, [4, 5], lora)
+            monkeypatch.undo()
+            assert engine._lora is not None and not engine._lora._pins
+            assert (await run(engine, [4, 5], lora)).finished
+
+
+@pytest.mark.anyio
 async def test_lora_request_without_enable_lora_is_refused(zoo: ModelZoo) -> None:
     with anyio.fail_after(120):
         async with open_engine(**engine_args(zoo)) as engine:

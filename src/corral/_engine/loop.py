@@ -317,6 +317,8 @@ class EngineLoop:
         except ValueError as exc:
             self._forget(state)
             state.end(error=exc)
+            # The front door releases what the request held (a LoRA adapter's pin).
+            self._on_finished(state, None)
             return
         state.core_id = core_id
         self._in_core[core_id] = state
