@@ -74,3 +74,9 @@ def test_aggregate_stats_add_up_and_usage_is_over_all_blocks() -> None:
     assert total.num_total_blocks == 2 * one.num_total_blocks
     assert total.num_running == 3
     assert total.kv_cache_usage == 0.25
+    # Per-adapter counts add up key by key.
+    a = attrs.evolve(one, lora_running={1: 2}, lora_waiting={2: 1})
+    b = attrs.evolve(one, lora_running={1: 1, 3: 4})
+    merged = aggregate_stats([a, b])
+    assert merged.lora_running == {1: 3, 3: 4}
+    assert merged.lora_waiting == {2: 1}

@@ -9,8 +9,10 @@ request goes to the live replica with the fewest outstanding tokens.
 
 from __future__ import annotations
 
+import collections
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -89,8 +91,19 @@ def aggregate_stats(stats: Sequence[EngineStats]) -> EngineStats:
     the cache usage is that of all their blocks together."""
     if len(stats) == 1:
         return stats[0]
-    fields = [f.name for f in attrs.fields(EngineStats) if f.name != "kv_cache_usage"]
-    sums = {name: sum(getattr(s, name) for s in stats) for name in fields}
+    sums: dict[str, Any] = {}
+    for field in attrs.fields(EngineStats):
+        if field.name == "kv_cache_usage":
+            continue
+        values = [getattr(s, field.name) for s in stats]
+        if isinstance(values[0], dict):
+            # Per-key counts (requests per LoRA adapter) add up key by key.
+            merged: collections.Counter[Any] = collections.Counter()
+            for value in values:
+                merged.update(value)
+            sums[field.name] = dict(merged)
+        else:
+            sums[field.name] = sum(values)
     total = sums["num_total_blocks"]
     usage = 1.0 - sums["num_free_blocks"] / total if total else 0.0
     return EngineStats(kv_cache_usage=usage, **sums)
