@@ -14,6 +14,7 @@ import time
 import pytest
 
 from corral.default_model import default_model_path
+from corral.entrypoints.cli import _lora_module
 from tests.cli.cli_helpers import assert_one_line_error, free_port, run_corral, start_corral
 
 # A short context keeps the embedded model's runs to a fraction of a second.
@@ -187,3 +188,31 @@ def test_version_is_the_package_metadata_version() -> None:
     result = run_corral("--version")
     assert result.returncode == 0
     assert result.stdout == f"corral {importlib.metadata.version('corral')}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sql=/adapters/sql", ("sql", "/adapters/sql")),
+        ('{"name": "sql", "path": "/adapters/sql"}', ("sql", "/adapters/sql")),
+    ],
+)
+def test_lora_modules_take_name_path_and_vllms_json_form(
+    text: str, expected: tuple[str, str]
+) -> None:
+    assert _lora_module(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("sql", "expected NAME=PATH"),
+        ("=/x", "expected NAME=PATH"),
+        ('{"name": "sql"', "not valid JSON"),
+        ('{"name": "sql"}', "non-empty string name and path"),
+        ('{"name": "sql", "path": "/x", "base_model_name": "m"}', "base_model_name"),
+    ],
+)
+def test_bad_lora_modules_are_value_errors(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _lora_module(text)

@@ -13,6 +13,7 @@ subcommand's usage), a failure (a port in use) exits 1, Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     server.add_argument(
         "--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
-        help="LoRA adapters (PEFT folders) to serve; a request's model NAME selects one "
+        help="LoRA adapters (PEFT folders) to serve, each NAME=PATH or vLLM's JSON form "
+        '\'{"name": NAME, "path": PATH}\'; a request\'s model NAME selects one '
         "(needs --enable-lora).",
     )  # fmt: skip
     server.add_argument(
@@ -221,9 +223,26 @@ def _default_names(namespace: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _lora_module(text: str) -> tuple[str, str]:
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--lora-modules: {text!r} is not valid JSON ({exc})") from None
+        extra = sorted(set(spec) - {"name", "path"})
+        if extra:
+            raise ValueError(
+                f"--lora-modules: unsupported key(s) {', '.join(extra)} in {text!r} "
+                "(corral reads name and path; an adapter's parent is the served model)"
+            )
+        name, path = spec.get("name"), spec.get("path")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise ValueError(
+                f"--lora-modules: JSON form needs non-empty string name and path, got {text!r}"
+            )
+        return name, path
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise ValueError(f"--lora-modules: expected NAME=PATH, got {text!r}")
+        raise ValueError(f"--lora-modules: expected NAME=PATH or JSON, got {text!r}")
     return name, path
 
 
