@@ -9,9 +9,10 @@ Each step spends a token budget (``max_num_batched_tokens``) in this order:
 3. swapped-out sequences, FCFS, if nothing was preempted this step;
 4. waiting sequences, FCFS, if nothing was preempted, nothing is swapped out and no
    running prefill was held back for lack of blocks. A sequence whose LoRA adapter
-   would make more than ``max_loras`` distinct adapters run waits (in 3 and 4). Admission is strictly in order
-   (the head blocks those behind it) and keeps ``watermark`` blocks free unless
-   nothing runs, so that a fresh admission does not cause a preemption next step.
+   would make more than ``max_loras`` distinct adapters run waits (in 3 and 4).
+   Admission is strictly in order (the head blocks those behind it) and keeps
+   ``watermark`` blocks free unless nothing runs, so that a fresh admission does not
+   cause a preemption next step.
 
 Priority is the request's arrival order, then the sample index; preemption always
 picks the lowest priority, so the oldest running sequence always makes progress.
@@ -300,9 +301,8 @@ class Scheduler:
     def _has_seat(self, seq: Sequence) -> bool:
         """Whether ``seq`` (with the samples it will fork into) fits in ``max_num_seqs``,
         and its LoRA adapter in ``max_loras``."""
-        return len(self.running) + self.num_reserved + self._seats(
-            seq
-        ) <= self.config.max_num_seqs and self._lora_fits(seq)
+        seats = len(self.running) + self.num_reserved + self._seats(seq)
+        return seats <= self.config.max_num_seqs and self._lora_fits(seq)
 
     def _lora_fits(self, seq: Sequence) -> bool:
         """Whether running ``seq`` keeps at most ``max_loras`` distinct adapters among the
