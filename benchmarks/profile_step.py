@@ -278,14 +278,17 @@ def linear_shapes(hf_model: Any) -> dict[tuple[int, int], str]:
 
 
 def run_once(
-    folder: Path, prompts: list[list[int]], warmup: list[list[int]], output_len: int, profile: bool
+    folder: Path,
+    prompts: list[list[int]],
+    warmup: list[list[int]],
+    output_len: int,
+    profile: bool,
+    dtype: str = "float32",
 ) -> tuple[list[dict[str, Any]], Any, float]:
     from corral.llm import LLM
     from corral.sampling_params import SamplingParams
 
-    llm = LLM(
-        str(folder), dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE
-    )
+    llm = LLM(str(folder), dtype=dtype, max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE)
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     llm.generate(prompt_token_ids=warmup, sampling_params=params, use_tqdm=False)
     prof = None
@@ -312,6 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--dtype", default="float32", help="corral's dtype (auto, float32, bfloat16)"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -327,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "config": {
             "model_shape": shape,
-            "dtype": "float32",
+            "dtype": args.dtype,
             "requests": args.requests,
             "output_len": args.output_len,
             "prompt_tokens": sum(map(len, prompts)),
@@ -342,7 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         hf_model = build_model(folder, shape, args.seed)
         names = linear_shapes(hf_model)
         del hf_model
-        steps, _, elapsed = run_once(folder, prompts, warmup, args.output_len, profile=False)
+        steps, _, elapsed = run_once(
+            folder, prompts, warmup, args.output_len, profile=False, dtype=args.dtype
+        )
         result["timed"] = {
             "elapsed_s": round(elapsed, 3),
             "output_tokens_per_s": round(args.requests * args.output_len / elapsed, 1),
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         result["load_average_mid"] = [round(x, 2) for x in os.getloadavg()]
         prof_steps, prof, prof_elapsed = run_once(
-            folder, prompts, warmup, args.output_len, profile=True
+            folder, prompts, warmup, args.output_len, profile=True, dtype=args.dtype
         )
     ops = op_table(prof, names)
     prof_phases = phase_table(prof_steps)

@@ -185,19 +185,27 @@ def attention_flops(shape: dict[str, int], prompt_lens: list[int], output_len: i
 # ---------------------------------------------------------------- GEMM rate
 
 
-def gemm_rate(size: int = 2048, repeats: int = 7) -> dict[str, Any]:
-    """float32 ``size``^3 matmul FLOP/s: median of ``repeats`` after one warm-up."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
-    out = torch.empty(size, size)
+def gemm_rate(
+    size: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.float32, rows: int | None = None
+) -> dict[str, Any]:
+    """``rows`` x ``size`` x ``size`` matmul FLOP/s (``rows`` defaults to ``size``).
+
+    The median of ``repeats`` timed calls after one warm-up, in ``dtype``.
+    """
+    m = size if rows is None else rows
+    a = torch.randn(m, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    out = torch.empty(m, size, dtype=dtype)
     torch.matmul(a, b, out=out)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.matmul(a, b, out=out)
         times.append(time.perf_counter() - start)
-    flops = 2.0 * size**3
+    flops = 2.0 * m * size * size
     return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "rows": m,
         "size": size,
         "repeats": repeats,
         "median_flops_per_s": flops / statistics.median(times),
@@ -272,12 +280,15 @@ def kv_waste(steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def make_llm(folder: Path) -> Any:
+def make_llm(folder: Path, dtype: str = "auto") -> Any:
     from corral.llm import LLM
 
-    return LLM(
-        str(folder), dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE
-    )
+    return LLM(str(folder), dtype=dtype, max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE)
+
+
+def corral_dtype(llm: Any) -> str:
+    """The dtype corral's weights run in (what ``dtype="auto"`` chose)."""
+    return str(llm.engine_core.runner.model_config.dtype).removeprefix("torch.")
 
 
 def run_corral(
@@ -586,17 +597,50 @@ def versions() -> dict[str, str]:
     }
 
 
+def compute_dtype(name: str, system: dict[str, Any]) -> str:
+    """The dtype a system's GEMMs run in: what its MFU is measured against.
+
+    corral's entries say it; llama.cpp's bf16 GGUF multiplies in bfloat16; OpenVINO's
+    CPU plugin computes in bfloat16 by default where the CPU has hardware bfloat16.
+    Every other system runs float32.
+    """
+    if "dtype" in system:
+        return str(system["dtype"])
+    if name == "llamacpp_bf16":
+        return "bfloat16"
+    if name == "openvino_default":
+        from corral.model.config import cpu_has_fast_bfloat16
+
+        return "bfloat16" if cpu_has_fast_bfloat16() else "float32"
+    return "float32"
+
+
+def gemm_rates(size: int, rows: int) -> dict[str, dict[str, Any]]:
+    """float32 and bfloat16 GEMM rates: square ``size``^3, and ``rows`` x ``size``^2."""
+    return {
+        f"{name}{suffix}": gemm_rate(size, dtype=dtype, rows=m)
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+        for suffix, m in (("", None), (f"_rows{rows}", rows))
+    }
+
+
 def add_efficiency(
     result: dict[str, Any],
     params: dict[str, int],
     prompt_tokens: int,
     attn: float,
-    peak: float,
+    peaks: dict[str, float],
 ) -> None:
-    """MFU (and MFU counting attention too) for every system that ran."""
-    for system in result["systems"].values():
+    """MFU (and MFU counting attention too) for every system that ran.
+
+    Each against the GEMM rate of its own compute dtype (``compute_dtype``).
+    """
+    for name, system in result["systems"].items():
         if system.get("status") != "ok":
             continue
+        dtype = compute_dtype(name, system)
+        peak = peaks[dtype]
+        system["mfu_against"] = f"{dtype} GEMM"
         useful = useful_flops(params, prompt_tokens, system["output_tokens"])
         system["useful_flops_per_s"] = useful / system["elapsed_s"]
         system["mfu"] = round(useful / system["elapsed_s"] / peak, 4)
@@ -638,10 +682,23 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         for names in EXTERNAL_PEERS.values()
         for name in names
     }
+    summary["corral_dtype"] = systems.get("corral", {}).get("dtype")
     summary["corral_mfu"] = systems.get("corral", {}).get("mfu")
+    float32 = rate("corral_float32")
+    summary["corral_float32_mfu"] = systems.get("corral_float32", {}).get("mfu")
+    summary["corral_over_corral_float32"] = (
+        round(corral / float32, 3) if corral and float32 else None
+    )
+    best = max((r for r in (corral, float32, again) if r), default=None)
+    summary["corral_best_over_best_external_peer"] = (
+        round(best / peers[best_peer], 3) if best and best_peer else None
+    )
     decode = result.get("decode_only", {})
     summary["corral_decode_tokens_per_s"] = decode.get("output_tokens_per_s")
     summary["corral_decode_mfu"] = decode.get("mfu")
+    summary["corral_decode_share_of_gemm_rate_at_batch_rows"] = decode.get(
+        "share_of_gemm_rate_at_batch_rows"
+    )
     summary["kv_waste_steady_state"] = (
         systems.get("corral", {}).get("kv_waste", {}).get("steady_state")
     )
@@ -740,7 +797,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {
             "model": model_name,
             "model_shape": shape,
-            "dtype": "float32",
+            "dtype": "float32 checkpoint; corral runs dtype='auto' and float32",
             "requests": requests,
             "prompt_len": f"{args.min_prompt}..{args.max_prompt}",
             "prompt_tokens": prompt_tokens,
@@ -756,26 +813,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "targets": TARGETS,
     }
-    gemm_before = gemm_rate(args.gemm_size)
+    gemm_before = gemm_rates(args.gemm_size, decode_batch)
     systems: dict[str, dict[str, Any]] = {}
     result["systems"] = systems
+    # Fresh prompts (another seed) for the decode regime: the main run's blocks sit
+    # in the prefix cache, and the decode regime should not depend on that.
+    decode_prompts = workload(
+        decode_batch, shape["vocab_size"], args.min_prompt, args.max_prompt, args.seed + 1
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         hf_model = build_model(folder, shape, args.seed)
         params = param_counts(hf_model)
-        llm = make_llm(folder)
-        systems["corral"] = _guarded("corral", lambda: run_corral(llm, prompts, warmup, output_len))
-        # Fresh prompts (another seed): the first run's blocks sit in the prefix
-        # cache, and the decode regime should not depend on that.
-        decode_prompts = workload(
-            decode_batch, shape["vocab_size"], args.min_prompt, args.max_prompt, args.seed + 1
-        )
-        result["decode_only"] = _guarded(
-            "decode_only", lambda: run_corral_decode(llm, decode_prompts, decode_batch, output_len)
-        )
-        budget = llm.engine_core.config.max_num_batched_tokens
-        # Frees corral's KV cache (gigabytes) before the peers run.
-        llm = None
+        budget = 0
+        # corral's default (dtype="auto": bfloat16 on a CPU with hardware bfloat16)
+        # is the headline "corral"; float32 runs beside it as "corral_float32"
+        # unless "auto" already is float32 on this CPU.
+        default_dtype = None
+        for dtype in ("auto", "float32"):
+            llm = make_llm(folder, dtype)
+            chosen = corral_dtype(llm)
+            if dtype == "auto":
+                default_dtype = chosen
+            elif chosen == default_dtype:
+                result["config"]["corral_float32"] = "not run: dtype='auto' is float32 here"
+                break
+            name, decode_key = (
+                ("corral", "decode_only")
+                if dtype == "auto"
+                else ("corral_float32", "decode_only_float32")
+            )
+            systems[name] = _guarded(
+                name, lambda llm=llm: run_corral(llm, prompts, warmup, output_len)
+            )
+            systems[name]["dtype"] = chosen
+            result[decode_key] = _guarded(
+                decode_key,
+                lambda llm=llm: run_corral_decode(llm, decode_prompts, decode_batch, output_len),
+            )
+            result[decode_key]["dtype"] = chosen
+            budget = llm.engine_core.config.max_num_batched_tokens
+            # Frees corral's KV cache (gigabytes) before the next system runs.
+            llm = None
+        result["config"]["corral_dtype"] = default_dtype
         for bs in args.static_batch_sizes:
             systems[f"generate_bs{bs}"] = _guarded(
                 f"generate_bs{bs}",
@@ -799,34 +879,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             skip_reason="--no-external-peers" if args.no_external_peers else None,
         )
         if args.repeat_corral:
-            llm = make_llm(folder)
+            llm = make_llm(folder, "auto")
             systems["corral_again"] = _guarded(
                 "corral_again", lambda: run_corral(llm, prompts, warmup, output_len)
             )
+            systems["corral_again"]["dtype"] = corral_dtype(llm)
             llm = None
-    gemm_after = gemm_rate(args.gemm_size)
+    gemm_after = gemm_rates(args.gemm_size, decode_batch)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    # The reference rate is the better of the two medians: a busy neighbour during
+    # Each reference rate is the better of its two medians: a busy neighbour during
     # one of them would otherwise flatter every MFU.
-    peak = max(gemm_before["median_flops_per_s"], gemm_after["median_flops_per_s"])
+    peaks = {
+        key: max(gemm_before[key]["median_flops_per_s"], gemm_after[key]["median_flops_per_s"])
+        for key in gemm_before
+    }
     attn = attention_flops(shape, prompt_lens, output_len)
     result["flops"] = {
         "params": params,
         "gemm_before": gemm_before,
         "gemm_after": gemm_after,
-        "gemm_flops_per_s_used": peak,
+        "gemm_flops_per_s_used": peaks,
         "useful_flops": useful_flops(params, prompt_tokens, requests * output_len),
         "attention_flops": attn,
         "attention_share_of_all": round(
             attn / (attn + useful_flops(params, prompt_tokens, requests * output_len)), 4
         ),
     }
-    add_efficiency(result, params, prompt_tokens, attn, peak)
-    decode = result["decode_only"]
-    if decode.get("status") == "ok":
-        # Per decode token: one pass of every non-embedding weight, lm_head included.
-        per_token = 2.0 * params["non_embedding_with_lm_head"]
-        decode["mfu"] = round(decode["output_tokens_per_s"] * per_token / peak, 4)
+    add_efficiency(result, params, prompt_tokens, attn, peaks)
+    for key in ("decode_only", "decode_only_float32"):
+        decode = result.get(key, {})
+        if decode.get("status") == "ok":
+            # Per decode token: one pass of every non-embedding weight, lm_head included.
+            per_token = 2.0 * params["non_embedding_with_lm_head"]
+            rate = decode["output_tokens_per_s"] * per_token
+            decode["mfu"] = round(rate / peaks[decode["dtype"]], 4)
+            # Against the same dtype's GEMM at the decode batch's row count.
+            decode["share_of_gemm_rate_at_batch_rows"] = round(
+                rate / peaks[f"{decode['dtype']}_rows{decode_batch}"], 4
+            )
     result["summary"] = summarize(result)
     text = json.dumps(result, indent=2)
     print(text)

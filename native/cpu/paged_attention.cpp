@@ -3,12 +3,15 @@
 //
 // Task planning lives in attention_plan.h, the kernels in attention_*.h.
 #include "attention_plan.h"
+#include "attention_prefill_amx.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace corral {
@@ -139,13 +142,39 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
   const int64_t num_tasks = static_cast<int64_t>(plan.tasks.size());
   std::atomic<int64_t> next{0};
 
+  // bfloat16 prefill tiles go to AMX where the CPU has it (attention_prefill_amx.h).
+  bool use_amx = false;
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    use_amx = cpu::amx_bf16_available();
+  }
+
   at::parallel_for(0, num_threads, 1, [&](int64_t, int64_t) {
     std::vector<float> scratch(scratch_floats);
+    std::optional<cpu::AmxPrefillScratch> amx;
     for (int64_t i = next++; i < num_tasks; i = next++) {
       const Task& t = plan.tasks[i];
       const auto view = view_of(t);
       const int64_t q_len = b.query_start[t.seq + 1] - b.query_start[t.seq];
       const int64_t head0 = b.query_start[t.seq] * token_stride + t.kv_head * g * hs;
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        if (q_len > 1 && use_amx) {
+          if (!amx) {
+            amx.emplace(tile_rows, hs);
+          }
+          const int64_t num_tokens = t.last - t.first;
+          for (int64_t k = 0; k < num_tokens; ++k) {
+            std::copy_n(q_base + head0 + (t.first + k) * token_stride, g * hs,
+                        amx->q.data() + k * g * hs);
+          }
+          cpu::prefill_attend_amx(view, g, num_tokens, b.seq_lens[t.seq] - q_len + t.first,
+                                  window, static_cast<float>(scale), *amx);
+          for (int64_t r = 0; r < num_tokens * g; ++r) {
+            T* dst = out_base + head0 + (t.first + r / g) * token_stride + (r % g) * hs;
+            cpu::store_row(dst, amx->acc.data() + r * hs, hs, 1.0f / amx->sum[r]);
+          }
+          continue;
+        }
+      }
       if (q_len > 1) {
         auto s = cpu::PrefillScratch::carve(scratch.data(), tile_rows, hs);
         const int64_t num_tokens = t.last - t.first;
@@ -179,6 +208,10 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                              partial_acc.data() + t.partition * drows * hs};
         cpu::decode_attend(view, t.num_kv_heads, g, q, t.first, t.last, scores, st);
       }
+    }
+    if (amx) {
+      // Hands the AMX tile configuration back (the microkernel keeps it per thread).
+      at::native::cpublas::brgemm_release();
     }
   });
 

@@ -77,8 +77,14 @@ inline void axpy_row(float* acc, float p, const T* v, int64_t n) {
 }
 
 inline float max_of(const float* x, int64_t n) {
-  float m = kNegInf;
-  for (int64_t i = 0; i < n; ++i) {
+  fVec mv(kNegInf);
+  int64_t i = 0;
+  for (; i + kVec <= n; i += kVec) {
+    mv = at::vec::maximum(mv, fVec::loadu(x + i));
+  }
+  float m = at::vec::vec_reduce_all<float>(
+      [](const fVec& a, const fVec& b) { return at::vec::maximum(a, b); }, mv);
+  for (; i < n; ++i) {
     m = std::max(m, x[i]);
   }
   return m;

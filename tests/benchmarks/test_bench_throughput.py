@@ -52,8 +52,12 @@ def test_quick_tiny_run_reports_every_system(tmp_path: Path) -> None:
     )
     assert report["config"]["torch_threads"] == 1
     systems = report["systems"]
+    # dtype="auto" is bfloat16 on a CPU with hardware bfloat16; float32 then runs beside it.
+    default_dtype = report["config"]["corral_dtype"]
+    assert systems["corral"]["dtype"] == default_dtype
+    beside = {"corral_float32"} if default_dtype != "float32" else set()
     assert set(systems) == {"corral", "generate_bs8", "generate_bs16", "generate_bs32",
-                            "generate_batch"} | EXTERNAL  # fmt: skip
+                            "generate_batch"} | beside | EXTERNAL  # fmt: skip
     for name in EXTERNAL:
         assert systems[name]["status"] == "not installed", systems[name]
     assert report["summary"]["external_peer_status"] == dict.fromkeys(EXTERNAL, "not installed")
@@ -66,10 +70,12 @@ def test_quick_tiny_run_reports_every_system(tmp_path: Path) -> None:
         for key in ("elapsed_s", "output_tokens_per_s", "total_tokens_per_s", "mfu"):
             assert system[key] > 0, (name, key)
 
-    decode = report["decode_only"]
-    assert decode["status"] == "ok", decode
-    assert decode["batch"] == 4
-    assert decode["steps"] > 0 and decode["output_tokens_per_s"] > 0 and decode["mfu"] > 0
+    for key in ("decode_only", "decode_only_float32") if beside else ("decode_only",):
+        decode = report[key]
+        assert decode["status"] == "ok", decode
+        assert decode["batch"] == 4
+        assert decode["steps"] > 0 and decode["output_tokens_per_s"] > 0 and decode["mfu"] > 0
+        assert decode["share_of_gemm_rate_at_batch_rows"] > 0
 
     waste = systems["corral"]["kv_waste"]
     assert waste["steady_state_steps"] > 0
@@ -77,8 +83,13 @@ def test_quick_tiny_run_reports_every_system(tmp_path: Path) -> None:
     assert 0 <= waste["steady_state"] < 1
 
     flops = report["flops"]
-    assert flops["gemm_before"]["median_flops_per_s"] > 0
-    assert flops["gemm_after"]["median_flops_per_s"] > 0
+    for when in ("gemm_before", "gemm_after"):
+        assert set(flops[when]) == {"float32", "bfloat16", "float32_rows4", "bfloat16_rows4"}
+        for rate in flops[when].values():
+            assert rate["median_flops_per_s"] > 0
+    for name, system in systems.items():
+        if name not in EXTERNAL:
+            assert system["mfu_against"] == f"{system.get('dtype', 'float32')} GEMM", name
     assert flops["attention_flops"] > 0
     params = flops["params"]
     assert params["non_embedding_with_lm_head"] > params["non_embedding_without_lm_head"] > 0
