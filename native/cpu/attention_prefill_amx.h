@@ -27,20 +27,12 @@ constexpr int64_t kAmxKeyChunk = 128;
 // Columns of B per microkernel call: the packed B layout takes a leading dimension of
 // 16, 32, 48 or 64 only, so wider products go in column blocks of at most 64.
 constexpr int64_t kAmxColumns = 64;
+static_assert(kAmxKeyChunk % kAmxColumns == 0, "key chunks are whole column blocks");
 
-// C[m, 0:n] (+)= A[m, k] B[k, 0:n], bfloat16 operands with float32 C, B row-major
-// with leading dimension ldb; n is a multiple of 16. Each block of up to 64 columns
-// of B is packed into `packed` (k * 64 elements) and multiplied on its own.
-inline void amx_gemm(int64_t m, int64_t n, int64_t k, const at::BFloat16* a, int64_t lda,
-                     const at::BFloat16* b, int64_t ldb, bool accumulate, float* c,
-                     int64_t ldc, at::BFloat16* packed) {
-  namespace blas = at::native::cpublas;
-  for (int64_t n0 = 0; n0 < n; n0 += kAmxColumns) {
-    const int64_t nb = std::min(kAmxColumns, n - n0);
-    blas::pack(k, nb, ldb, nb, at::kBFloat16, at::kBFloat16, b + n0, packed);
-    blas::brgemm(m, nb, k, lda, nb, ldc, accumulate, a, packed, c + n0);
-  }
-}
+// The packed (VNNI) layout of a B[k, n] block with leading dimension n: element
+// (i, j) at (i / 2) * 2n + 2j + i % 2, i.e. the 32-bit word (i / 2) * n + j holds
+// rows i and i + 1 of column j: the layout cpublas::pack writes (the op tests,
+// which take this path on AMX machines, fail on any other).
 
 // Whether this CPU runs the bfloat16 brgemm microkernel (AMX present, oneDNN's
 // ukernel built into torch). Asked once.
@@ -52,9 +44,8 @@ inline bool amx_bf16_available() {
 // Per-thread scratch of the AMX path, sized for the largest tile.
 struct AmxPrefillScratch {
   std::vector<at::BFloat16> q;       // [rows, head_size] raw query rows
-  std::vector<at::BFloat16> keys_t;  // [head_size, chunk] keys, transposed
-  std::vector<at::BFloat16> values;  // [chunk, head_size]
-  std::vector<at::BFloat16> packed;  // one packed column block of either
+  std::vector<uint32_t> keys;        // K^T packed: per block of 64 keys, [head_size / 2, 64] words
+  std::vector<uint32_t> values;      // V packed: per block of <= 64 dims, [chunk / 2, dims] words
   std::vector<at::BFloat16> probs;   // [rows, chunk]
   std::vector<float> scores;         // [rows, chunk]
   std::vector<float> acc;            // [rows, head_size]
@@ -63,28 +54,69 @@ struct AmxPrefillScratch {
 
   AmxPrefillScratch(int64_t rows, int64_t head_size)
       : q(rows * head_size),
-        keys_t(head_size * kAmxKeyChunk),
-        values(kAmxKeyChunk * head_size),
-        packed(std::max(head_size, kAmxKeyChunk) * kAmxColumns),
+        keys(head_size / 2 * kAmxKeyChunk),
+        values(kAmxKeyChunk / 2 * head_size),
         probs(rows * kAmxKeyChunk),
         scores(rows * kAmxKeyChunk),
         acc(rows * head_size),
         max(rows),
         sum(rows) {}
-
-  PartialState state() { return PartialState{max.data(), sum.data(), acc.data()}; }
 };
+
+// Packs keys [c0, c0 + n) as K^T in column blocks of 64 keys; keys past n are zero.
+inline void pack_keys(const PagedView<at::BFloat16>& view, int64_t c0, int64_t n,
+                      uint32_t* out) {
+  const int64_t words = view.head_size / 2;
+  for (int64_t j = 0; j < kAmxKeyChunk; ++j) {
+    uint32_t* dst = out + (j / kAmxColumns) * words * kAmxColumns + j % kAmxColumns;
+    if (j < n) {
+      const auto* src = reinterpret_cast<const uint32_t*>(view.key_row(c0 + j));
+      for (int64_t w = 0; w < words; ++w) {
+        dst[w * kAmxColumns] = src[w];
+      }
+    } else {
+      for (int64_t w = 0; w < words; ++w) {
+        dst[w * kAmxColumns] = 0;
+      }
+    }
+  }
+}
+
+// Packs values [c0, c0 + n) as V in column blocks of up to 64 dims: each word holds
+// the same dim of two consecutive keys. Keys past n are zero.
+inline void pack_values(const PagedView<at::BFloat16>& view, int64_t c0, int64_t n,
+                        uint32_t* out) {
+  const int64_t hs = view.head_size;
+  for (int64_t j = 0; j < kAmxKeyChunk; j += 2) {
+    const auto* a = j < n ? reinterpret_cast<const uint16_t*>(view.value_row(c0 + j)) : nullptr;
+    const auto* b =
+        j + 1 < n ? reinterpret_cast<const uint16_t*>(view.value_row(c0 + j + 1)) : nullptr;
+    for (int64_t d0 = 0; d0 < hs; d0 += kAmxColumns) {
+      const int64_t nb = std::min(kAmxColumns, hs - d0);
+      uint32_t* dst = out + d0 * kAmxKeyChunk / 2 + (j / 2) * nb;
+      for (int64_t d = 0; d < nb; ++d) {
+        const uint32_t lo = a ? a[d0 + d] : 0;
+        const uint32_t hi = b ? b[d0 + d] : 0;
+        dst[d] = lo | (hi << 16);
+      }
+    }
+  }
+}
 
 // Causal attention of the raw bfloat16 query rows in scratch.q (row r = token
 // r / group, head r % group) for `num_tokens` consecutive tokens whose first sits
 // at `first_pos`; `scale` multiplies the scores. Keys at p - window < j <= p are
-// visible to a token at p (window <= 0: all j <= p). Fills scratch.state().
+// visible to a token at p (window <= 0: all j <= p). Fills scratch.acc / max / sum.
 inline void prefill_attend_amx(const PagedView<at::BFloat16>& view, int64_t group,
                                int64_t num_tokens, int64_t first_pos, int64_t window,
                                float scale, AmxPrefillScratch& s) {
+  namespace blas = at::native::cpublas;
   const int64_t hs = view.head_size;
   const int64_t rows = num_tokens * group;
   constexpr int64_t C = kAmxKeyChunk;
+  const auto* q = s.q.data();
+  const auto* keys = reinterpret_cast<const at::BFloat16*>(s.keys.data());
+  const auto* values = reinterpret_cast<const at::BFloat16*>(s.values.data());
   for (int64_t r = 0; r < rows; ++r) {
     s.max[r] = kNegInf;
     s.sum[r] = 0.0f;
@@ -94,25 +126,12 @@ inline void prefill_attend_amx(const PagedView<at::BFloat16>& view, int64_t grou
   const int64_t key_begin = window > 0 ? std::max<int64_t>(0, first_pos - window + 1) : 0;
   for (int64_t c0 = key_begin; c0 < key_end; c0 += C) {
     const int64_t n = std::min(C, key_end - c0);
-    // Keys transposed to [head_size, C] and values as [C, head_size]; the padding
-    // past n is zero so that a masked (zero) probability never meets a NaN.
-    for (int64_t j = 0; j < n; ++j) {
-      const at::BFloat16* k = view.key_row(c0 + j);
-      for (int64_t d = 0; d < hs; ++d) {
-        s.keys_t[d * C + j] = k[d];
-      }
-      std::memcpy(s.values.data() + j * hs, view.value_row(c0 + j), hs * sizeof(at::BFloat16));
+    // scores[rows, C] = Q[rows, hs] K^T[hs, C], one block of 64 keys at a time.
+    pack_keys(view, c0, n, s.keys.data());
+    for (int64_t b = 0; b < C; b += kAmxColumns) {
+      blas::brgemm(rows, kAmxColumns, hs, hs, kAmxColumns, C, false, q, keys + b * hs,
+                   s.scores.data() + b);
     }
-    if (n < C) {
-      for (int64_t d = 0; d < hs; ++d) {
-        std::fill(s.keys_t.begin() + d * C + n, s.keys_t.begin() + (d + 1) * C,
-                  at::BFloat16(0.0f));
-      }
-      std::fill(s.values.begin() + n * hs, s.values.begin() + C * hs, at::BFloat16(0.0f));
-    }
-    // scores[rows, C] = Q[rows, hs] K^T[hs, C]
-    amx_gemm(rows, C, hs, s.q.data(), hs, s.keys_t.data(), C, false, s.scores.data(), C,
-             s.packed.data());
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pos = first_pos + r / group;
       float* row = s.scores.data() + r * C;
@@ -124,9 +143,14 @@ inline void prefill_attend_amx(const PagedView<at::BFloat16>& view, int64_t grou
         std::fill(p, p + C, at::BFloat16(0.0f));
         continue;
       }
+      // Zero (masked) entries stay zero through the scale and become zero
+      // probabilities; the zero keys past n are masked too (hi <= n).
       std::fill(row, row + lo, 0.0f);
       std::fill(row + hi, row + C, 0.0f);
-      scale_row(row, C, scale);
+      scale_row(row + lo, hi - lo - (hi - lo) % kVec, scale);
+      for (int64_t i = hi - (hi - lo) % kVec; i < hi; ++i) {
+        row[i] *= scale;
+      }
       const float new_max = std::max(s.max[r], max_of(row + lo, hi - lo));
       const float rescale = std::exp(s.max[r] - new_max);
       s.sum[r] = s.sum[r] * rescale + exp_shift_sum(row + lo, hi - lo, new_max);
@@ -136,9 +160,13 @@ inline void prefill_attend_amx(const PagedView<at::BFloat16>& view, int64_t grou
       }
       store_row(p, row, C, 1.0f);
     }
-    // acc[rows, hs] += P[rows, C] V[C, hs]
-    amx_gemm(rows, hs, C, s.probs.data(), C, s.values.data(), hs, true, s.acc.data(), hs,
-             s.packed.data());
+    // acc[rows, hs] += P[rows, C] V[C, hs], one block of up to 64 dims at a time.
+    pack_values(view, c0, n, s.values.data());
+    for (int64_t d0 = 0; d0 < hs; d0 += kAmxColumns) {
+      const int64_t nb = std::min(kAmxColumns, hs - d0);
+      blas::brgemm(rows, nb, C, C, nb, hs, true, s.probs.data(), values + d0 * C,
+                   s.acc.data() + d0);
+    }
   }
 }
 
