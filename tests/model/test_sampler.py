@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import (
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
@@ -17,7 +19,7 @@ from corral.model.logits_transforms import (
     apply_top_k_top_p,
     token_counts,
 )
-from corral.model.sampler import Sampler, SampleRow, sample_seed
+from corral.model.sampler import Sampler, SampleRow, first_argmax, sample_seed
 from corral.sampling_params import SamplingParams
 
 VOCAB = 64
@@ -305,3 +307,23 @@ def test_logits_are_not_copied_when_no_row_edits_them() -> None:
     penalized = [row(SamplingParams(temperature=0.0, presence_penalty=0.5), [1])] * 3
     edited = sampler._process(logits, penalized)
     assert edited is not logits and torch.equal(logits, random_logits(3, seed=19))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    vocab=st.integers(1, 70),
+    levels=st.integers(1, 4),
+    nan_at=st.one_of(st.none(), st.integers(0, 10_000)),
+    seed=st.integers(0, 2**16),
+)
+def test_first_argmax_is_argmax_with_ties_and_nan(
+    rows: int, vocab: int, levels: int, nan_at: int | None, seed: int
+) -> None:
+    # Few distinct values, so rows have ties; argmax takes the first maximum, and a
+    # NaN counts as the maximum.
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randint(0, levels, (rows, vocab), generator=gen).float()
+    if nan_at is not None:
+        values.view(-1)[nan_at % values.numel()] = float("nan")
+    assert torch.equal(first_argmax(values), values.argmax(dim=-1))

