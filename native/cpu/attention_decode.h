@@ -50,8 +50,8 @@ struct PartialState {
 // Fills `state` (overwriting it).
 constexpr int64_t kDecodeChunk = 256;
 
-template <typename T>
-void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group,
+template <typename T, typename KV>
+void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t group,
                    const QueryRows<T>& q, int64_t begin, int64_t end, float* scores,
                    PartialState state) {
   const int64_t hs = view.head_size;
@@ -65,12 +65,12 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
     const int64_t n = std::min(kDecodeChunk, end - c0);
     const int64_t blocked = n - n % kKeyBlock;
     for (int64_t j = 0; j < blocked; j += kKeyBlock) {
-      const T* k[kKeyBlock];
+      const KV* k[kKeyBlock];
       for (int i = 0; i < kKeyBlock; ++i) {
         k[i] = view.key_row(c0 + j + i);
       }
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        const T* kh[kKeyBlock];
+        const KV* kh[kKeyBlock];
         for (int i = 0; i < kKeyBlock; ++i) {
           kh[i] = k[i] + h * hs;
         }
@@ -79,7 +79,7 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
       }
     }
     for (int64_t j = blocked; j < n; ++j) {
-      const T* k = view.key_row(c0 + j);
+      const KV* k = view.key_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         score_group(q, h * group, group, hs, k + h * hs, scores + h * group * kDecodeChunk + j,
                     kDecodeChunk);
@@ -96,12 +96,12 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
       }
     }
     for (int64_t j = 0; j < blocked; j += kKeyBlock) {
-      const T* v[kKeyBlock];
+      const KV* v[kKeyBlock];
       for (int i = 0; i < kKeyBlock; ++i) {
         v[i] = view.value_row(c0 + j + i);
       }
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        const T* vh[kKeyBlock];
+        const KV* vh[kKeyBlock];
         for (int i = 0; i < kKeyBlock; ++i) {
           vh[i] = v[i] + h * hs;
         }
@@ -110,7 +110,7 @@ void decode_attend(const PagedView<T>& view, int64_t num_kv_heads, int64_t group
       }
     }
     for (int64_t j = blocked; j < n; ++j) {
-      const T* v = view.value_row(c0 + j);
+      const KV* v = view.value_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         axpy_group(state.acc + h * group * hs, group, hs, scores + h * group * kDecodeChunk + j,
                    kDecodeChunk, v + h * hs);

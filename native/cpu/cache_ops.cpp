@@ -1,6 +1,9 @@
 // CPU kernels of the cache ops: reshape_and_cache, copy_blocks, swap_blocks.
-// All three move whole rows or whole blocks with memcpy; every index is checked
-// before any byte moves, so a bad slot or block id fails without side effects.
+// All three move whole rows or whole blocks with memcpy (reshape_and_cache converts
+// rows instead when the cache is float8); every index is checked before any byte
+// moves, so a bad slot or block id fails without side effects.
+#include "vec_math.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -52,6 +55,49 @@ std::vector<std::pair<int64_t, int64_t>> read_block_mapping(const at::Tensor& ma
   return pairs;
 }
 
+// reshape_and_cache into float8 caches: each element rounded and saturated.
+template <typename T, typename KV>
+void write_float8_rows_as(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                          at::Tensor& value_cache, const int64_t* slots) {
+  const int64_t num_tokens = key.size(0);
+  const int64_t num_heads = key.size(1);
+  const int64_t hs = key.size(2);
+  KV* kc = key_cache.data_ptr<KV>();
+  KV* vc = value_cache.data_ptr<KV>();
+  const T* k = key.const_data_ptr<T>();
+  const T* v = value.const_data_ptr<T>();
+  at::parallel_for(0, num_tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (slots[t] < 0) {
+        continue;
+      }
+      for (int64_t h = 0; h < num_heads; ++h) {
+        const int64_t dst = (slots[t] * num_heads + h) * hs;
+        const T* ks = k + t * key.stride(0) + h * key.stride(1);
+        const T* vs = v + t * value.stride(0) + h * value.stride(1);
+        for (int64_t d = 0; d < hs; ++d) {
+          kc[dst + d] = cpu::to_cache<KV>(static_cast<float>(ks[d]));
+          vc[dst + d] = cpu::to_cache<KV>(static_cast<float>(vs[d]));
+        }
+      }
+    }
+  });
+}
+
+void write_float8_rows(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                       at::Tensor& value_cache, const int64_t* slots) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "reshape_and_cache",
+                                  [&] {
+                                    if (key_cache.scalar_type() == at::kFloat8_e4m3fn) {
+                                      write_float8_rows_as<scalar_t, c10::Float8_e4m3fn>(
+                                          key, value, key_cache, value_cache, slots);
+                                    } else {
+                                      write_float8_rows_as<scalar_t, c10::Float8_e5m2>(
+                                          key, value, key_cache, value_cache, slots);
+                                    }
+                                  });
+}
+
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
                        at::Tensor& value_cache, const at::Tensor& slot_mapping) {
   constexpr const char* op = "reshape_and_cache";
@@ -71,11 +117,18 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
   TORCH_CHECK(key.size(1) == key_cache.size(2) && key.size(2) == key_cache.size(3), op,
               ": key is [num_tokens, ", key.size(1), ", ", key.size(2), "] but the cache holds ",
               key_cache.size(2), " kv heads of size ", key_cache.size(3));
-  TORCH_CHECK(key.scalar_type() == key_cache.scalar_type() &&
-                  value.scalar_type() == key_cache.scalar_type() &&
-                  value_cache.scalar_type() == key_cache.scalar_type(),
-              op, ": key, value and both caches must share one dtype, got ", key.scalar_type(),
-              ", ", value.scalar_type(), ", ", key_cache.scalar_type(), ", ",
+  const auto cache_dtype = key_cache.scalar_type();
+  const bool float8 = cache_dtype == at::kFloat8_e4m3fn || cache_dtype == at::kFloat8_e5m2;
+  TORCH_CHECK(value.scalar_type() == key.scalar_type() &&
+                  value_cache.scalar_type() == cache_dtype &&
+                  (key.scalar_type() == cache_dtype ||
+                   (float8 && (key.scalar_type() == at::kFloat ||
+                               key.scalar_type() == at::kBFloat16 ||
+                               key.scalar_type() == at::kHalf))),
+              op,
+              ": key and value must share the caches' dtype (or be float32, bfloat16 or "
+              "float16 with float8 caches), got ",
+              key.scalar_type(), ", ", value.scalar_type(), ", ", key_cache.scalar_type(), ", ",
               value_cache.scalar_type());
   TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, op, ": slot_mapping must be int64, got ",
               slot_mapping.scalar_type());
@@ -93,6 +146,10 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
                 " is out of range for a cache with ", num_slots, " slots");
   }
 
+  if (float8) {
+    write_float8_rows(key, value, key_cache, value_cache, slots);
+    return;
+  }
   const int64_t row_bytes = key.size(2) * key.element_size();
   const int64_t slot_stride = num_heads * key.size(2);
   auto* kc = static_cast<char*>(key_cache.data_ptr());

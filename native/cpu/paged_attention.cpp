@@ -42,9 +42,13 @@ Batch check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Ten
               key_cache.sizes());
   TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, ": value_cache shape ",
               value_cache.sizes(), " differs from key_cache shape ", key_cache.sizes());
-  TORCH_CHECK(key_cache.scalar_type() == dtype && value_cache.scalar_type() == dtype &&
-                  out.scalar_type() == dtype,
-              op, ": out, query, key_cache and value_cache must share one dtype, got ",
+  const auto cache_dtype = key_cache.scalar_type();
+  TORCH_CHECK(out.scalar_type() == dtype && value_cache.scalar_type() == cache_dtype &&
+                  (cache_dtype == dtype || cache_dtype == at::kFloat8_e4m3fn ||
+                   cache_dtype == at::kFloat8_e5m2),
+              op,
+              ": out and query must share one dtype, and key_cache and value_cache either "
+              "that dtype or one float8 dtype, got ",
               out.scalar_type(), ", ", dtype, ", ", key_cache.scalar_type(), ", ",
               value_cache.scalar_type());
   TORCH_CHECK(out.sizes() == query.sizes(), op, ": out shape ", out.sizes(),
@@ -111,7 +115,7 @@ Batch check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Ten
   return b;
 }
 
-template <typename T>
+template <typename T, typename KV>
 void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
          const at::Tensor& value_cache, const Batch& b, double scale, int64_t window) {
   const int64_t num_threads = at::get_num_threads();
@@ -127,13 +131,13 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
   const T* q_base = query.data_ptr<T>();
   T* out_base = out.data_ptr<T>();
   const auto view_of = [&](const Task& t) {
-    return cpu::PagedView<T>{key_cache.data_ptr<T>(),
-                             value_cache.data_ptr<T>(),
-                             b.block_tables + t.seq * b.max_blocks,
-                             b.block_size,
-                             b.num_kv_heads * hs,
-                             t.kv_head * hs,
-                             hs};
+    return cpu::PagedView<KV>{key_cache.data_ptr<KV>(),
+                              value_cache.data_ptr<KV>(),
+                              b.block_tables + t.seq * b.max_blocks,
+                              b.block_size,
+                              b.num_kv_heads * hs,
+                              t.kv_head * hs,
+                              hs};
   };
   const int64_t tile_rows = plan.tile_tokens * g;
   const int64_t scratch_floats =
@@ -144,7 +148,8 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
 
   // bfloat16 prefill tiles go to AMX where the CPU has it (attention_prefill_amx.h).
   bool use_amx = false;
-  if constexpr (std::is_same_v<T, at::BFloat16>) {
+  constexpr bool bfloat16 = std::is_same_v<T, at::BFloat16> && std::is_same_v<KV, at::BFloat16>;
+  if constexpr (bfloat16) {
     use_amx = cpu::amx_bf16_available();
   }
 
@@ -156,7 +161,7 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
       const auto view = view_of(t);
       const int64_t q_len = b.query_start[t.seq + 1] - b.query_start[t.seq];
       const int64_t head0 = b.query_start[t.seq] * token_stride + t.kv_head * g * hs;
-      if constexpr (std::is_same_v<T, at::BFloat16>) {
+      if constexpr (bfloat16) {
         if (q_len > 1 && use_amx) {
           if (!amx) {
             amx.emplace(tile_rows, hs);
@@ -246,15 +251,28 @@ void paged_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor&
                      int64_t sliding_window) {
   const Batch b = check_inputs(out, query, key_cache, value_cache, query_start_loc, seq_lens,
                                block_tables);
+  const auto with_query = [&](auto query_tag) {
+    using T = decltype(query_tag);
+    switch (key_cache.scalar_type()) {
+      case at::kFloat8_e4m3fn:
+        run<T, c10::Float8_e4m3fn>(out, query, key_cache, value_cache, b, scale, sliding_window);
+        break;
+      case at::kFloat8_e5m2:
+        run<T, c10::Float8_e5m2>(out, query, key_cache, value_cache, b, scale, sliding_window);
+        break;
+      default:
+        run<T, T>(out, query, key_cache, value_cache, b, scale, sliding_window);
+    }
+  };
   switch (query.scalar_type()) {
     case at::kFloat:
-      run<float>(out, query, key_cache, value_cache, b, scale, sliding_window);
+      with_query(float{});
       break;
     case at::kBFloat16:
-      run<at::BFloat16>(out, query, key_cache, value_cache, b, scale, sliding_window);
+      with_query(at::BFloat16{});
       break;
     case at::kHalf:
-      run<at::Half>(out, query, key_cache, value_cache, b, scale, sliding_window);
+      with_query(at::Half{});
       break;
     default:
       TORCH_CHECK(false, "paged_attention: unsupported dtype ", query.scalar_type());

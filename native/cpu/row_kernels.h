@@ -204,18 +204,19 @@ struct QueryRows {
   float scale;
 };
 
-// scores[g * score_stride] = scale * dot(q[first_row + g], k) for `rows` rows.
-template <typename T>
+// scores[g * score_stride] = scale * dot(q[first_row + g], k) for `rows` rows; the
+// keys may be stored in another dtype than the query (a float8 cache).
+template <typename T, typename KV>
 inline void score_group(const QueryRows<T>& q, int64_t first_row, int64_t rows,
-                        int64_t head_size, const T* k, float* scores, int64_t score_stride) {
+                        int64_t head_size, const KV* k, float* scores, int64_t score_stride) {
   dot_group(q.scaled + first_row * head_size, rows, head_size, k, scores, score_stride);
 }
 
 // scores[g * score_stride + i] = scale * dot(q[first_row + g], k[i]) for `rows`
 // rows and four keys.
-template <typename T>
+template <typename T, typename KV>
 inline void score_group_x4(const QueryRows<T>& q, int64_t first_row, int64_t rows,
-                           int64_t head_size, const T* const* k, float* scores,
+                           int64_t head_size, const KV* const* k, float* scores,
                            int64_t score_stride) {
   const float* qs = q.scaled + first_row * head_size;
   for_row_pairs(rows, [&](auto ng, int64_t g) {
@@ -256,10 +257,11 @@ inline void dot_rows_bf16(const at::BFloat16* q, int64_t head_size, const at::BF
   }
 }
 
-template <>
-inline void score_group<at::BFloat16>(const QueryRows<at::BFloat16>& q, int64_t first_row,
-                                      int64_t rows, int64_t head_size, const at::BFloat16* k,
-                                      float* scores, int64_t score_stride) {
+// (Overloads, not specializations: they take over when query and keys are both
+// bfloat16.)
+inline void score_group(const QueryRows<at::BFloat16>& q, int64_t first_row, int64_t rows,
+                        int64_t head_size, const at::BFloat16* k, float* scores,
+                        int64_t score_stride) {
   const at::BFloat16* raw = q.raw + first_row * head_size;
   for_row_groups(rows, [&](auto ng, int64_t g) {
     dot_rows_bf16<decltype(ng)::value>(raw + g * head_size, head_size, k, q.scale,
@@ -268,11 +270,9 @@ inline void score_group<at::BFloat16>(const QueryRows<at::BFloat16>& q, int64_t 
 }
 
 // vdpbf16ps needs no conversion and no reduction trick: one key at a time.
-template <>
-inline void score_group_x4<at::BFloat16>(const QueryRows<at::BFloat16>& q, int64_t first_row,
-                                         int64_t rows, int64_t head_size,
-                                         const at::BFloat16* const* k, float* scores,
-                                         int64_t score_stride) {
+inline void score_group_x4(const QueryRows<at::BFloat16>& q, int64_t first_row, int64_t rows,
+                           int64_t head_size, const at::BFloat16* const* k, float* scores,
+                           int64_t score_stride) {
   for (int i = 0; i < kKeyBlock; ++i) {
     score_group(q, first_row, rows, head_size, k[i], scores + i, score_stride);
   }

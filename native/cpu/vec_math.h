@@ -5,9 +5,15 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/Float8_e4m3fn.h>
+#include <c10/util/Float8_e5m2.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+
+#include <immintrin.h>
 
 namespace corral::cpu {
 
@@ -28,6 +34,62 @@ inline fVec load_f32(const T* p) {
 template <>
 inline fVec load_f32<float>(const float* p) {
   return fVec::loadu(p);
+}
+
+// float8 KV caches (kv_cache_dtype "fp8_e5m2" / "fp8"). An e5m2 byte is the top
+// byte of a float16; an e4m3 byte with its sign moved to bit 15 and the rest to
+// bits 7..13 is a float16 whose exponent bias is 8 too large, i.e. 2^-8 times the
+// value (subnormals included). Both widen through the CPU's float16 conversion.
+// The caches never hold e4m3's NaN pattern: writes saturate (to_cache below).
+template <>
+inline fVec load_f32<c10::Float8_e5m2>(const c10::Float8_e5m2* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return fVec(_mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return fVec(_mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8)));
+#else
+  float tmp[kVec];
+  for (int64_t i = 0; i < kVec; ++i) {
+    tmp[i] = static_cast<float>(p[i]);
+  }
+  return fVec::loadu(tmp);
+#endif
+}
+
+template <>
+inline fVec load_f32<c10::Float8_e4m3fn>(const c10::Float8_e4m3fn* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i half = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
+                                       _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7F)), 7));
+  return fVec(_mm512_mul_ps(_mm512_cvtph_ps(half), _mm512_set1_ps(256.0f)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i half = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
+                                    _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7F)), 7));
+  return fVec(_mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f)));
+#else
+  float tmp[kVec];
+  for (int64_t i = 0; i < kVec; ++i) {
+    tmp[i] = static_cast<float>(p[i]);
+  }
+  return fVec::loadu(tmp);
+#endif
+}
+
+template <typename T>
+inline constexpr bool is_float8_v =
+    std::is_same_v<T, c10::Float8_e4m3fn> || std::is_same_v<T, c10::Float8_e5m2>;
+
+// x rounded (to nearest even) into a float8 cache, saturated to its finite range
+// (torch's own conversion turns an overflow into NaN or infinity).
+template <typename KV>
+inline KV to_cache(float x) {
+  static_assert(is_float8_v<KV>, "to_cache converts to float8 caches");
+  constexpr float top = std::is_same_v<KV, c10::Float8_e4m3fn> ? 448.0f : 57344.0f;
+  return KV(std::clamp(x, -top, top));
 }
 
 template <typename T>

@@ -46,6 +46,7 @@ def build_engine_core(args: EngineArgs) -> tuple[EngineCore, Any, ModelConfig]:
     model, model_config = load_model(
         args.model,
         dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
         load_format=args.load_format,
         max_model_len=args.max_model_len,
         device=str(device),

@@ -57,6 +57,8 @@ class BatchSpec:
     dtype: torch.dtype
     sliding_window: int
     seed: int
+    # The caches' dtype when it differs from the query's (a float8 KV cache).
+    cache_dtype: torch.dtype | None = None
 
     @property
     def num_heads(self) -> int:
@@ -107,8 +109,9 @@ def make_batch(spec: BatchSpec, device: str | torch.device = "cpu") -> PagedBatc
         tables[s, :n] = order[used : used + n]
         used += n
     cache_shape = (num_blocks, bs, spec.num_kv_heads, spec.head_size)
-    key_cache = torch.randn(cache_shape, generator=gen).to(spec.dtype)
-    value_cache = torch.randn(cache_shape, generator=gen).to(spec.dtype)
+    cache_dtype = spec.cache_dtype or spec.dtype
+    key_cache = torch.randn(cache_shape, generator=gen).to(cache_dtype)
+    value_cache = torch.randn(cache_shape, generator=gen).to(cache_dtype)
     num_tokens = sum(spec.q_lens)
     query = torch.randn((num_tokens, spec.num_heads, spec.head_size), generator=gen)
     starts = [0]

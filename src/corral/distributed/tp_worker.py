@@ -98,6 +98,7 @@ class ShardWorker:
         self.model, self.model_config = load_model(
             self.args.model,
             dtype=self.args.dtype,
+            kv_cache_dtype=self.args.kv_cache_dtype,
             load_format=self.args.load_format,
             max_model_len=self.args.max_model_len,
             device=str(self.device),

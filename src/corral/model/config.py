@@ -33,6 +33,7 @@ class ModelConfig:
         head_size: Size of one attention head.
         max_model_len: Longest context (prompt plus output) the model accepts.
         eos_token_ids: Token ids that end generation unless ``ignore_eos``.
+        kv_cache_dtype: The KV cache's dtype when it is not ``dtype`` (a float8 cache).
     """
 
     path: str
@@ -45,11 +46,17 @@ class ModelConfig:
     head_size: int
     max_model_len: int
     eos_token_ids: tuple[int, ...]
+    kv_cache_dtype: torch.dtype | None = None
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The dtype of the KV cache tensors."""
+        return self.kv_cache_dtype or self.dtype
 
     @property
     def kv_bytes_per_token(self) -> int:
         """Bytes of key and value cache one token occupies over all layers."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        itemsize = torch.empty((), dtype=self.cache_dtype).element_size()
         return 2 * self.num_layers * self.num_kv_heads * self.head_size * itemsize
 
 

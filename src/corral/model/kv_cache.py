@@ -52,11 +52,11 @@ class PagedKVCache:
             model_config.num_kv_heads,
             model_config.head_size,
         )
-        self._device_cache = torch.zeros(shape, dtype=model_config.dtype, device=device)
+        self._device_cache = torch.zeros(shape, dtype=model_config.cache_dtype, device=device)
         self.layers: list[KVCache] = [(layer[0], layer[1]) for layer in self._device_cache]
         host_shape = (*shape[:2], num_host_blocks, *shape[3:])
         self._host_cache = torch.zeros(
-            host_shape, dtype=model_config.dtype, pin_memory=device.type == "cuda"
+            host_shape, dtype=model_config.cache_dtype, pin_memory=device.type == "cuda"
         )
         self.host_layers: list[KVCache] = [(layer[0], layer[1]) for layer in self._host_cache]
         logger.info(

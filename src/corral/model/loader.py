@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from corral.errors import NotSupportedError
 from corral.model.config import (
     ModelConfig,
     auto_cpu_dtype,
@@ -86,6 +87,34 @@ def resolve_dtype(dtype: str | torch.dtype, hf_config: Any, device: str) -> torc
     return chosen
 
 
+KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def resolve_kv_cache_dtype(kv_cache_dtype: str, device: str) -> torch.dtype | None:
+    """The KV cache's own dtype for ``kv_cache_dtype`` (None: the model's dtype).
+
+    Raises:
+        ValueError: for an unknown name.
+        NotSupportedError: a float8 cache on a device other than the CPU.
+    """
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype: {kv_cache_dtype!r} is not one of {sorted(KV_CACHE_DTYPES)}"
+        )
+    chosen = KV_CACHE_DTYPES[kv_cache_dtype]
+    if chosen is not None and torch.device(device).type != "cpu":
+        raise NotSupportedError(
+            f"kv_cache_dtype={kv_cache_dtype!r}: float8 KV caches have CPU kernels only; "
+            "the CUDA attention kernels read caches in the model's dtype"
+        )
+    return chosen
+
+
 def _eos_token_ids(folder: str, hf_config: Any) -> tuple[int, ...]:
     ids: list[int] = []
     sources: list[Any] = [getattr(hf_config, "eos_token_id", None)]
@@ -117,6 +146,7 @@ def load_model(
     model: str,
     *,
     dtype: str | torch.dtype = "auto",
+    kv_cache_dtype: str = "auto",
     load_format: str = "auto",
     max_model_len: int | None = None,
     device: str = "cpu",
@@ -129,6 +159,8 @@ def load_model(
     Args:
         model: Folder path or Hugging Face model id (resolved offline).
         dtype: "auto", "float32", "bfloat16", "float16" or a torch dtype.
+        kv_cache_dtype: "auto" (the KV cache in ``dtype``), "fp8" / "fp8_e4m3" or
+            "fp8_e5m2" (CPU only); see `resolve_kv_cache_dtype`.
         load_format: "auto"/"safetensors"/"pt" read the checkpoint; "dummy" draws
             random weights from ``seed`` (benchmarks).
         max_model_len: Longest context; defaults to the model's maximum.
@@ -163,6 +195,7 @@ def load_model(
     # Before any weight is built: the kernels would otherwise fail at the first step.
     check_head_size(head_size, device, architecture)
     torch_dtype = resolve_dtype(dtype, hf_config, device)
+    cache_dtype = resolve_kv_cache_dtype(kv_cache_dtype, device)
     with _default_dtype(torch_dtype), torch.device(device):
         module = model_class(architecture, hf_config, max_model_len, tp)
     if load_format == "dummy":
@@ -183,6 +216,7 @@ def load_model(
         head_size=head_size,
         max_model_len=max_model_len,
         eos_token_ids=_eos_token_ids(folder, hf_config),
+        kv_cache_dtype=cache_dtype,
     )
     logger.info(
         "loaded %s from %s (%s, %.1fM parameters)",

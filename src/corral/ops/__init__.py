@@ -85,8 +85,11 @@ def reshape_and_cache(
     Args:
         key: ``[num_tokens, num_kv_heads, head_size]``, last dimension contiguous.
         value: same shape and dtype as ``key``.
-        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``, same dtype.
-        value_cache: same shape as ``key_cache``.
+        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``, the same dtype
+            as ``key``, or a float8 dtype (``float8_e4m3fn``, ``float8_e5m2``; CPU only):
+            each element is then rounded to nearest even and saturated to the float8
+            type's finite range.
+        value_cache: same shape and dtype as ``key_cache``.
         slot_mapping: int64 ``[num_tokens]``; token ``i`` goes to slot
             ``slot_mapping[i]``. A negative slot skips the token (padding).
     """
@@ -118,9 +121,11 @@ def paged_attention(
 
     Args:
         out: ``[num_tokens, num_heads, head_size]``, written in place.
-        query: same shape as ``out``; float32, bfloat16 or float16 (the caches' dtype).
-        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``.
-        value_cache: same shape as ``key_cache``.
+        query: same shape and dtype as ``out``; float32, bfloat16 or float16.
+        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``, the query's
+            dtype or a float8 dtype (``float8_e4m3fn``, ``float8_e5m2``; CPU only),
+            read exactly into float32.
+        value_cache: same shape and dtype as ``key_cache``.
         query_start_loc: int32 ``[num_seqs + 1]``, starting at 0, non-decreasing.
         seq_lens: int32 ``[num_seqs]``, each at most ``max_blocks * block_size``.
         block_tables: int32 ``[num_seqs, max_blocks]``; entries past a sequence's

@@ -21,6 +21,7 @@ __all__ = [
     "rotary_embedding",
     "silu_and_mul",
     "swap_blocks",
+    "to_cache_dtype",
     "token_logprobs",
 ]
 
@@ -37,8 +38,21 @@ def reshape_and_cache(
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
     blocks, offsets = slots // block_size, slots % block_size
-    key_cache[blocks, offsets] = key[keep]
-    value_cache[blocks, offsets] = value[keep]
+    key_cache[blocks, offsets] = to_cache_dtype(key[keep], key_cache.dtype)
+    value_cache[blocks, offsets] = to_cache_dtype(value[keep], value_cache.dtype)
+
+
+FLOAT8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def to_cache_dtype(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``rows`` as a cache of ``dtype`` holds them: float8 caches round to nearest even
+    and saturate to their finite range (torch's own conversion overflows to NaN or
+    infinity)."""
+    if dtype in FLOAT8_MAX:
+        top = FLOAT8_MAX[dtype]
+        return rows.float().clamp(-top, top).to(dtype)
+    return rows.to(dtype)
 
 
 def gather_kv(
