@@ -4,16 +4,15 @@ never the engine's death."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-import torch
 
 from corral import LoRARequest, RequestOutput, SamplingParams
 from corral.engine import AsyncEngine, open_engine
 from corral.testing import compare_with_logprobs
+from tests.distributed.ray_helpers import zoo_engine_args
 from tests.lora.adapters import AdapterFactory
 from tests.model.zoo import ModelZoo
 
@@ -24,40 +23,8 @@ MODEL = "qwen3"
 PARAMS = SamplingParams(temperature=0.0, max_tokens=8, logprobs=2, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelZoo]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ModelZoo(tmp_path_factory.mktemp("lora-remote"))
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def adapters(zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory) -> AdapterFactory:
-    return AdapterFactory(zoo, tmp_path_factory.mktemp("lora-remote-adapters"))
-
-
-@pytest.fixture(
-    params=[{"engine_use_ray": True}, {"data_parallel_size": 2}],
-    ids=["engine_use_ray", "data_parallel_2"],
-)
-def remote(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The engine arguments that put the core in Ray actors."""
-    return dict(request.param)
-
-
 def engine_args(zoo: ModelZoo, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": str(zoo.path(MODEL)),
-        "dtype": "float32",
-        "num_kv_blocks": 128,
-        "max_model_len": 256,
-        "enable_lora": True,
-        "max_loras": 2,
-        "log_requests": False,
-        "disable_log_stats": True,
-        **extra,
-    }
+    return zoo_engine_args(zoo, MODEL, enable_lora=True, max_loras=2, **extra)
 
 
 async def run(engine: AsyncEngine, prompt: list[int], lora: LoRARequest | None) -> RequestOutput:
@@ -81,7 +48,7 @@ async def run_all(
 
 
 async def test_adapters_in_ray_actors_equal_the_in_process_engine(
-    zoo: ModelZoo, adapters: AdapterFactory, remote: dict[str, Any]
+    zoo: ModelZoo, adapters: AdapterFactory, actor_args: dict[str, Any]
 ) -> None:
     loras = [
         None,
@@ -93,7 +60,7 @@ async def test_adapters_in_ray_actors_equal_the_in_process_engine(
     with anyio.fail_after(TIMEOUT):
         async with open_engine(**engine_args(zoo)) as engine:
             expected = await run_all(engine, prompts, loras)
-        async with open_engine(**engine_args(zoo, **remote)) as engine:
+        async with open_engine(**engine_args(zoo, **actor_args)) as engine:
             got = await run_all(engine, prompts, loras)
             per_replica = engine.replica_stats()
             resident = await engine.list_loras()
@@ -119,12 +86,12 @@ async def test_adapters_in_ray_actors_equal_the_in_process_engine(
 
 
 async def test_a_bad_adapter_is_a_value_error_and_the_engine_serves_on(
-    zoo: ModelZoo, adapters: AdapterFactory, remote: dict[str, Any]
+    zoo: ModelZoo, adapters: AdapterFactory, actor_args: dict[str, Any]
 ) -> None:
     bad = LoRARequest("bad", 7, "/nonexistent")
     good = LoRARequest("a1", 1, str(adapters.make(MODEL, seed=1)[0]))
     with anyio.fail_after(TIMEOUT):
-        async with open_engine(**engine_args(zoo, **remote)) as engine:
+        async with open_engine(**engine_args(zoo, **actor_args)) as engine:
             with pytest.raises(ValueError, match="lora_path is not a folder"):
                 await engine.add_lora(bad)
             for i in range(2):

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import jsonschema
 import pytest
-import torch
 
 from corral import RequestOutput, SamplingParams, StructuredOutputsParams
 from corral.engine import AsyncEngine, open_engine
 from corral.testing import compare_with_logprobs
+from tests.distributed.ray_helpers import zoo_engine_args
 from tests.model.zoo import ModelZoo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session")]
@@ -47,33 +46,8 @@ def structured(kind: str, **extra: Any) -> SamplingParams:
 KINDS = ["json", "regex", "json", "regex"]
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelZoo]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ModelZoo(tmp_path_factory.mktemp("structured-remote"))
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(
-    params=[{"engine_use_ray": True}, {"data_parallel_size": 2}],
-    ids=["engine_use_ray", "data_parallel_2"],
-)
-def remote(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The engine arguments that put the core in Ray actors."""
-    return dict(request.param)
-
-
 def engine_args(zoo: ModelZoo, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": str(zoo.path(MODEL)),
-        "dtype": "float32",
-        "num_kv_blocks": 128,
-        "max_model_len": 256,
-        "log_requests": False,
-        "disable_log_stats": True,
-        **extra,
-    }
+    return zoo_engine_args(zoo, MODEL, **extra)
 
 
 async def run(engine: AsyncEngine, prompt: list[int], params: SamplingParams) -> RequestOutput:
@@ -96,12 +70,12 @@ async def run_all(engine: AsyncEngine) -> list[RequestOutput]:
 
 
 async def test_structured_outputs_in_ray_actors_equal_the_in_process_engine(
-    zoo: ModelZoo, remote: dict[str, Any]
+    zoo: ModelZoo, actor_args: dict[str, Any]
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         async with open_engine(**engine_args(zoo)) as engine:
             expected = await run_all(engine)
-        async with open_engine(**engine_args(zoo, **remote)) as engine:
+        async with open_engine(**engine_args(zoo, **actor_args)) as engine:
             got = await run_all(engine)
             per_replica = engine.replica_stats()
     for kind, want, out in zip(KINDS, expected, got, strict=True):
@@ -120,7 +94,7 @@ async def test_structured_outputs_in_ray_actors_equal_the_in_process_engine(
 
 
 async def test_a_bad_schema_is_a_value_error_and_the_engine_serves_on(
-    zoo: ModelZoo, remote: dict[str, Any]
+    zoo: ModelZoo, actor_args: dict[str, Any]
 ) -> None:
     bad = SamplingParams(
         max_tokens=8,
@@ -128,7 +102,7 @@ async def test_a_bad_schema_is_a_value_error_and_the_engine_serves_on(
     )
     bad_regex = SamplingParams(max_tokens=8, structured_outputs=StructuredOutputsParams(regex="("))
     with anyio.fail_after(TIMEOUT):
-        async with open_engine(**engine_args(zoo, **remote)) as engine:
+        async with open_engine(**engine_args(zoo, **actor_args)) as engine:
             with pytest.raises(ValueError, match=r"structured_outputs\.json"):
                 await engine.prepare_sampling_params(bad)
             for i, params in enumerate([bad, bad_regex] * 2):
@@ -143,10 +117,10 @@ async def test_a_bad_schema_is_a_value_error_and_the_engine_serves_on(
 
 
 async def test_prepared_params_are_admitted_by_the_actors(
-    zoo: ModelZoo, remote: dict[str, Any]
+    zoo: ModelZoo, actor_args: dict[str, Any]
 ) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with open_engine(**engine_args(zoo, **remote)) as engine:
+        async with open_engine(**engine_args(zoo, **actor_args)) as engine:
             params = await engine.prepare_sampling_params(structured("regex"))
             # The grammar stays in the actor; the params travel unbound.
             assert params.structured_outputs is not None
