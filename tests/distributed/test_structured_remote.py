@@ -9,11 +9,13 @@ import re
 from typing import Any
 
 import anyio
+import httpx2
 import jsonschema
 import pytest
 
 from corral import RequestOutput, SamplingParams, StructuredOutputsParams
 from corral.engine import AsyncEngine, open_engine
+from corral.entrypoints.openai_server import build_app, make_context
 from corral.testing import compare_with_logprobs
 from tests.distributed.ray_helpers import zoo_engine_args
 from tests.model.zoo import ModelZoo
@@ -127,3 +129,30 @@ async def test_prepared_params_are_admitted_by_the_actors(
             assert params.structured_outputs.compiled is None
             outputs = [await run(engine, prompt, params) for prompt in PROMPTS[:2]]
     assert all(re.fullmatch(REGEX, out.outputs[0].text) for out in outputs)
+
+
+async def test_the_server_answers_400_for_a_bad_schema_and_serves_on(zoo: ModelZoo) -> None:
+    def completion(schema: dict[str, Any]) -> dict[str, Any]:
+        response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+        return {
+            "model": "tiny",
+            "prompt": "Colors:",
+            "max_tokens": 48,
+            "temperature": 0,
+            "response_format": response_format,
+        }
+
+    with anyio.fail_after(TIMEOUT):
+        async with open_engine(**engine_args(zoo, data_parallel_size=2)) as engine:
+            ctx = await make_context(
+                engine, model_path=str(zoo.path(MODEL)), served_model_names=["tiny"]
+            )
+            transport = httpx2.ASGITransport(app=build_app(ctx))
+            async with httpx2.AsyncClient(transport=transport, base_url="http://corral") as client:
+                bad = await client.post("/v1/completions", json=completion({"type": "nope"}))
+                good = await client.post("/v1/completions", json=completion(SCHEMA))
+            assert not engine.errored
+    assert bad.status_code == 400, bad.text
+    assert "response_format" in bad.json()["error"]["message"]
+    assert good.status_code == 200, good.text
+    jsonschema.validate(json.loads(good.json()["choices"][0]["text"]), SCHEMA)
