@@ -158,7 +158,9 @@ class EngineArgs:
         worker_use_ray: The seed's name for ``distributed_executor_backend="ray"``.
         engine_use_ray: Run the engine core (scheduler and model runner) in a Ray actor;
             the async front door stays in the caller's process.
-        enable_lora: Serve LoRA adapters (``lora_request`` on generate).
+        enable_lora: Serve LoRA adapters (``lora_request`` on generate). With
+            ``engine_use_ray`` or ``data_parallel_size > 1`` each engine actor reads an
+            adapter's ``lora_path`` itself: on several nodes it must be readable on each.
         max_loras: Most distinct adapters in one step.
         max_lora_rank: Largest adapter rank accepted.
         max_cpu_loras: Adapters kept loaded in host memory (least recently used beyond
@@ -223,11 +225,6 @@ class EngineArgs:
             raise NotSupportedError(
                 "enable_lora with tensor_parallel_size > 1: LoRA under tensor parallelism is "
                 "not supported yet (issue 15)"
-            )
-        if self.enable_lora and (self.engine_use_ray or self.data_parallel_size > 1):
-            raise NotSupportedError(
-                "enable_lora with engine_use_ray or data_parallel_size > 1: adapters are "
-                "read in the caller's process and cannot reach an engine actor yet (issue 15)"
             )
         if self.worker_use_ray and self.distributed_executor_backend == "mp":
             raise _bad(

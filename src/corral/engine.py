@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from corral._concurrency import FirstError
 from corral._engine.loop import CoreLike, EngineLoop
@@ -28,13 +29,19 @@ from corral.beam_search import BeamSearchParams
 from corral.config import AsyncEngineArgs, EngineArgs
 from corral.core.engine_core import EngineCore
 from corral.core.validation import check_sampling_params, validate_request
-from corral.errors import EngineClosedError, EngineDeadError, NotSupportedError
+from corral.errors import (
+    DistributedError,
+    EngineClosedError,
+    EngineDeadError,
+    NotSupportedError,
+)
 from corral.lora.request import LoRARequest
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 from corral.tokenization import bind_bad_words, encode_prompt, truncate_prompt, validate_prompt
 
 if TYPE_CHECKING:
+    from corral.distributed.remote_core import RemoteLoRA
     from corral.lora.manager import LoRAManager
     from corral.model.config import ModelConfig
     from corral.outputs import RequestOutput
@@ -105,6 +112,7 @@ class AsyncEngine:
                 ),
                 c.config,
                 _has_detokenizer(c),
+                _lora_manager(c),
             )
             for name, c in zip(names, cores, strict=True)
         ]
@@ -112,12 +120,10 @@ class AsyncEngine:
         # The first replica's, for code that knows the engine has one.
         self._core = cores[0]
         self._loop = self._replicas[0].loop
-        # The runner's LoRA adapters (None without enable_lora, and for cores in Ray
-        # actors, where LoRA is refused), and the live requests holding a pin on one.
-        self._lora: LoRAManager | None = getattr(
-            getattr(cores[0], "runner", None), "lora_manager", None
-        )
-        self._lora_pins: dict[RequestState, int] = {}
+        # The first replica's LoRA adapters (None without enable_lora; every replica
+        # has its own), and the live requests holding a pin on an adapter of a replica.
+        self._lora: LoRAManager | RemoteLoRA | None = self._replicas[0].lora
+        self._lora_pins: dict[RequestState, tuple[LoRAManager | RemoteLoRA, int]] = {}
         self._owns_loop = owns_loop
         self._state = "new"
         # The engine's task group: runs grammar compilations for `generate`.
@@ -269,7 +275,9 @@ class AsyncEngine:
             prompt, prompt_token_ids, sampling_params.truncate_prompt_tokens
         )
         sampling_params = bind_bad_words(self._tokenizer, sampling_params)
-        replica = self._router.choose(token_ids)
+        replica = self._router.choose(
+            token_ids, 0 if lora_request is None else lora_request.lora_int_id
+        )
         assert replica is not None  # _check_running found a live replica, no await since
         # The core would refuse these at its next step; saying so here is clearer.
         error = validate_request(
@@ -290,7 +298,7 @@ class AsyncEngine:
         if lora_request is not None:
             state.lora_int_id = lora_request.lora_int_id
         lora_to_load = None
-        if lora_request is not None and not self._pin(state, lora_request):
+        if lora_request is not None and not self._pin(replica, state, lora_request):
             lora_to_load = lora_request
         if needs_compile or lora_to_load is not None:
             # The id is taken now; the request reaches the loop once its grammar is
@@ -298,7 +306,7 @@ class AsyncEngine:
             # ends the state).
             loop.live[request_id] = state
             assert self._task_group is not None  # set while running
-            self._task_group.start_soon(self._prepare_then_submit, loop, state, lora_to_load)
+            self._task_group.start_soon(self._prepare_then_submit, replica, state, lora_to_load)
         else:
             loop.submit(state)
         self._request_logger.received(state)
@@ -311,39 +319,68 @@ class AsyncEngine:
         this first surfaces the error here instead (the server answers 400 with it) and
         makes `generate` admit the request at once.
 
+        With cores in Ray actors the compiled grammar cannot travel (it does not
+        pickle): the first live replica compiles it here, to check it, and the params
+        come back unbound; `generate` has the replica it chooses compile them too (a
+        cache hit for the same replica) before the request is admitted.
+
         Raises:
             ValueError: the schema, regex or grammar does not compile (field named).
             NotSupportedError: the engine's runner has no structured outputs.
+            EngineDeadError: the engine died (with cores in Ray actors).
         """
         if sampling_params.structured_outputs is None:
             return sampling_params
-        if not isinstance(self._core, EngineCore):
-            raise NotSupportedError(
-                "structured_outputs: not supported yet with engine_use_ray or "
-                "data_parallel_size > 1 (the grammar is compiled in the caller's process "
-                "and cannot travel to the engine actor; issue 14)"
-            )
-        from corral.model.structured import bind_structured_outputs
+        if isinstance(self._core, EngineCore):
+            return await self._compile(self._core, sampling_params)
+        self._check_running()
+        live = next(r for r in self._replicas if r.alive)
+        try:
+            return await self._compile(live.core, sampling_params)
+        except DistributedError as exc:
+            raise EngineDeadError(f"the engine replica {live.name} died: {exc}") from exc
 
-        return await anyio.to_thread.run_sync(
-            bind_structured_outputs, self._core.runner, sampling_params
-        )
+    @staticmethod
+    async def _compile(core: CoreLike, params: SamplingParams) -> SamplingParams:
+        """``params`` compiled for ``core``: bound to its grammar in this process, or
+        compiled in the Ray actor that holds it (and left unbound)."""
+        if isinstance(core, EngineCore):
+            from corral.model.structured import bind_structured_outputs
+
+            return await anyio.to_thread.run_sync(bind_structured_outputs, core.runner, params)
+        from corral.distributed.remote_core import RemoteCore
+
+        assert isinstance(core, RemoteCore)
+        spec = params.structured_outputs
+        if spec is not None and spec.compiled is not None:
+            # Bound by an in-process engine: the grammar cannot travel, its spec can.
+            params = attrs.evolve(params, structured_outputs=spec.bind(None))
+        await anyio.to_thread.run_sync(core.prepare_structured, params)
+        return params
 
     async def _prepare_then_submit(
-        self, loop: EngineLoop, state: RequestState, lora: LoRARequest | None
+        self, replica: Replica, state: RequestState, lora: LoRARequest | None
     ) -> None:
+        loop = replica.loop
         try:
-            params = await self.prepare_sampling_params(state.params)
+            params = state.params
+            if params.structured_outputs is not None:
+                params = await self._compile(replica.core, params)
             if lora is not None:
-                manager = self._lora
+                manager = replica.lora
                 assert manager is not None  # checked by generate
                 await anyio.to_thread.run_sync(functools.partial(manager.load, lora, pin=True))
-                self._lora_pins[state] = lora.lora_int_id
-        except (ValueError, NotSupportedError) as exc:
+                self._lora_pins[state] = (manager, lora.lora_int_id)
+        except (ValueError, NotSupportedError, DistributedError) as exc:
+            # A dead replica's own loop dies too (its watcher sees the actor go).
+            error: Exception = exc
+            if isinstance(exc, DistributedError):
+                error = EngineDeadError(f"the engine replica {replica.name} died: {exc}")
+                error.__cause__ = exc
             self._unpin(state)
             if not state.done:
                 loop.live.pop(state.request_id, None)
-                state.end(error=exc)
+                state.end(error=error)
             return
         if state.done or loop.stopping:
             self._unpin(state)
@@ -363,18 +400,21 @@ class AsyncEngine:
                 "lora_request: LoRA is not enabled (open the engine with enable_lora=True)"
             )
 
-    def _pin(self, state: RequestState, lora_request: LoRARequest) -> bool:
-        """Pin the adapter for ``state`` if it is already in host memory (no I/O)."""
-        assert self._lora is not None  # checked by generate
-        if not self._lora.pin(lora_request):
+    def _pin(self, replica: Replica, state: RequestState, lora_request: LoRARequest) -> bool:
+        """Pin the adapter on ``replica`` for ``state`` if it is already in host memory
+        (no I/O; always False for a replica in a Ray actor)."""
+        manager = replica.lora
+        assert manager is not None  # checked by generate
+        if not manager.pin(lora_request):
             return False
-        self._lora_pins[state] = lora_request.lora_int_id
+        self._lora_pins[state] = (manager, lora_request.lora_int_id)
         return True
 
     def _unpin(self, state: RequestState) -> None:
-        lora_int_id = self._lora_pins.pop(state, None)
-        if lora_int_id is not None and self._lora is not None:
-            self._lora.unpin(lora_int_id)
+        pinned = self._lora_pins.pop(state, None)
+        if pinned is not None:
+            manager, lora_int_id = pinned
+            manager.unpin(lora_int_id)
 
     def _request_finished(self, state: RequestState, output: RequestOutput | None) -> None:
         self._unpin(state)
@@ -383,30 +423,63 @@ class AsyncEngine:
     async def add_lora(self, lora_request: LoRARequest) -> None:
         """Read an adapter into host memory now, in a worker thread (vLLM's ``add_lora``).
 
+        With several replicas, every live one reads it. With cores in Ray actors, each
+        actor reads ``lora_path`` itself: on a multi-node cluster the path must be
+        readable on every node.
+
         Raises:
             ValueError: LoRA is not enabled, or the adapter is bad (missing files, rank
                 above ``max_lora_rank``, unknown target module, shapes or modules that
                 do not match the base model), with the problem named.
+            EngineDeadError: a replica died while reading it.
         """
         self._check_lora(lora_request)
-        assert self._lora is not None
-        await anyio.to_thread.run_sync(self._lora.load, lora_request)
+        for replica in self._lora_replicas():
+            manager = replica.lora
+            await self._on_replica(replica, functools.partial(manager.load, lora_request))
 
     async def remove_lora(self, lora_int_id: int) -> bool:
-        """Drop an adapter from host memory once its live requests have ended.
+        """Drop an adapter from host memory once its live requests have ended (on
+        every live replica).
 
         Returns:
-            Whether it was loaded.
+            Whether it was loaded (on any replica).
         """
         await anyio.lowlevel.checkpoint()
-        if self._lora is None:
-            return False
-        return self._lora.remove(lora_int_id)
+        removed = False
+        for replica in self._lora_replicas():
+            manager = replica.lora
+            if isinstance(replica.core, EngineCore):
+                removed |= manager.remove(lora_int_id)
+            else:
+                removed |= await self._on_replica(replica, manager.remove, lora_int_id)
+        return removed
 
     async def list_loras(self) -> list[int]:
-        """The ids of the adapters in host memory, least recently used first."""
+        """The ids of the adapters in host memory, least recently used first (with
+        several replicas: those of any live replica, in the first one's order)."""
         await anyio.lowlevel.checkpoint()
-        return [] if self._lora is None else self._lora.resident_ids()
+        ids: dict[int, None] = {}
+        for replica in self._lora_replicas():
+            manager = replica.lora
+            if isinstance(replica.core, EngineCore):
+                resident = manager.resident_ids()
+            else:
+                resident = await self._on_replica(replica, manager.resident_ids)
+            ids.update(dict.fromkeys(resident))
+        return list(ids)
+
+    def _lora_replicas(self) -> list[Replica]:
+        """The live replicas, when LoRA is enabled."""
+        return [r for r in self._replicas if r.alive and r.lora is not None]
+
+    @staticmethod
+    async def _on_replica(replica: Replica, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` in a worker thread; a dead actor is an `EngineDeadError`."""
+        try:
+            return await anyio.to_thread.run_sync(call, *args)
+        except DistributedError as exc:
+            raise EngineDeadError(f"the engine replica {replica.name} died: {exc}") from exc
 
     # --- beam search ---
     def beam_search(
@@ -830,6 +903,18 @@ async def _watch_replica(replica: Replica, scope: anyio.CancelScope) -> None:
         )
         if replica.loop.fault is None:
             replica.loop.die(error)
+
+
+def _lora_manager(core: CoreLike) -> LoRAManager | RemoteLoRA | None:
+    """The LoRA adapters of ``core``'s model (None without enable_lora)."""
+    if isinstance(core, EngineCore):
+        manager: LoRAManager | None = getattr(core.runner, "lora_manager", None)
+        return manager
+    from corral.distributed.remote_core import RemoteCore
+
+    if isinstance(core, RemoteCore):
+        return core.lora
+    raise TypeError(f"not an engine core: {type(core).__name__}")
 
 
 def _has_detokenizer(core: CoreLike) -> bool:

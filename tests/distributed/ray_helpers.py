@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from corral.core.engine_core import EngineCore
 from corral.engine import AsyncEngine, open_engine_from_core, open_ray_engine
 from corral.testing import FakeModelRunner, make_fake_core
+
+if TYPE_CHECKING:
+    from tests.model.zoo import ModelZoo
 
 
 def fake_core(
@@ -112,3 +115,16 @@ def live_placement_groups() -> list[str]:
         for group_id, group in ray.util.placement_group_table().items()
         if group["state"] != "REMOVED"
     ]
+
+
+def zoo_engine_args(zoo: ModelZoo, model: str, **extra: Any) -> dict[str, Any]:
+    """`open_engine` arguments for a zoo model: float32, a small cache, quiet."""
+    return {
+        "model": str(zoo.path(model)),
+        "dtype": "float32",
+        "num_kv_blocks": 128,
+        "max_model_len": 256,
+        "log_requests": False,
+        "disable_log_stats": True,
+        **extra,
+    }

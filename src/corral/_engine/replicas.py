@@ -27,13 +27,16 @@ _MAX_PREFIXES = 4096
 
 @attrs.define(eq=False)
 class Replica:
-    """One engine replica: its name (for errors, health and metrics), core and loop."""
+    """One engine replica: its name (for errors, health and metrics), core and loop,
+    and its LoRA adapters (a `LoRAManager`, its `RemoteLoRA` proxy for a core in a Ray
+    actor, or None without LoRA)."""
 
     name: str
     core: CoreLike
     loop: EngineLoop
     config: CoreConfig
     has_detokenizer: bool
+    lora: Any = None
 
     @property
     def alive(self) -> bool:
@@ -59,11 +62,12 @@ class Router:
 
     def __init__(self, replicas: Sequence[Replica]) -> None:
         self.replicas = list(replicas)
-        # First block's tokens -> index of the replica that holds its KV.
+        # (LoRA adapter, first block's tokens) -> index of the replica that holds its KV.
         self._prefix_owner: OrderedDict[tuple[int, ...], int] = OrderedDict()
 
-    def choose(self, prompt_token_ids: Sequence[int]) -> Replica | None:
-        """The replica for a request with this prompt; None when none is alive."""
+    def choose(self, prompt_token_ids: Sequence[int], lora_int_id: int = 0) -> Replica | None:
+        """The replica for a request with this prompt and LoRA adapter (whose KV
+        blocks no other adapter shares); None when none is alive."""
         live = [i for i, r in enumerate(self.replicas) if r.alive]
         if len(live) <= 1:
             return self.replicas[live[0]] if live else None
@@ -72,7 +76,7 @@ class Router:
         config = self.replicas[least].config
         if len(prompt_token_ids) < config.block_size:
             return self.replicas[least]
-        key = tuple(prompt_token_ids[: config.block_size])
+        key = (lora_int_id, *prompt_token_ids[: config.block_size])
         owner = self._prefix_owner.get(key)
         # Overloaded: more than twice the least loaded replica's work plus one full
         # step's token budget; sharing the cache then costs more than it saves.

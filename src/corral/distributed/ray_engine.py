@@ -17,7 +17,7 @@ import attrs
 from corral.errors import DistributedError
 
 from .ray_utils import import_ray, init_ray
-from .remote_core import CoreFactory, EngineCoreActor, RemoteCore
+from .remote_core import CONCURRENCY_GROUPS, CoreFactory, EngineCoreActor, RemoteCore
 
 # Seconds to wait for the cluster to grant the replicas' CPUs.
 _PLACEMENT_TIMEOUT_S = 60.0
@@ -89,7 +89,7 @@ def start_engine_actors(
                 f"{ray.cluster_resources().get('CPU', 0)} CPUs): lower data_parallel_size "
                 "or add nodes"
             ) from None
-        remote_class = ray.remote(EngineCoreActor)
+        remote_class = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(EngineCoreActor)
         engine_id = uuid.uuid4().hex[:8]
         names = []
         for index in range(num_replicas):
@@ -98,8 +98,9 @@ def start_engine_actors(
                 name=name,
                 num_cpus=cpus,
                 max_restarts=0,
-                # One thread for `watch`, one for the core's calls.
-                max_concurrency=2,
+                # The core's calls, one at a time; `watch` and the prepare calls
+                # have their own threads.
+                max_concurrency=1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     group, placement_group_bundle_index=index
                 ),
