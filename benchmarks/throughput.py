@@ -280,10 +280,17 @@ def kv_waste(steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def make_llm(folder: Path, dtype: str = "auto") -> Any:
+def make_llm(folder: Path, dtype: str = "auto", kv_cache_dtype: str = "auto") -> Any:
     from corral.llm import LLM
 
-    return LLM(str(folder), dtype=dtype, max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE)
+    return LLM(
+        str(folder),
+        dtype=dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        max_model_len=MAX_MODEL_LEN,
+        seed=0,
+        block_size=BLOCK_SIZE,
+    )
 
 
 def corral_dtype(llm: Any) -> str:
@@ -689,7 +696,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     summary["corral_over_corral_float32"] = (
         round(corral / float32, 3) if corral and float32 else None
     )
-    best = max((r for r in (corral, float32, again) if r), default=None)
+    kv_fp8 = rate("corral_kv_fp8")
+    summary["corral_kv_fp8_over_corral"] = round(kv_fp8 / corral, 3) if corral and kv_fp8 else None
+    best = max((r for r in (corral, float32, again, kv_fp8) if r), default=None)
     summary["corral_best_over_best_external_peer"] = (
         round(best / peers[best_peer], 3) if best and best_peer else None
     )
@@ -769,6 +778,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="run corral again after the peers (corral_again): on a shared machine the "
         "two corral runs bracket the peers' load",
     )
+    parser.add_argument(
+        "--kv-fp8",
+        action="store_true",
+        help="also run corral with kv_cache_dtype='fp8' (corral_kv_fp8)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--gemm-size", type=int, default=2048)
@@ -828,25 +842,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         budget = 0
         # corral's default (dtype="auto": bfloat16 on a CPU with hardware bfloat16)
         # is the headline "corral"; float32 runs beside it as "corral_float32"
-        # unless "auto" already is float32 on this CPU.
+        # unless "auto" already is float32 on this CPU, and the default dtype with a
+        # float8 KV cache as "corral_kv_fp8" (--kv-fp8).
+        runs = [("corral", "decode_only", "auto", "auto")]
+        runs.append(("corral_float32", "decode_only_float32", "float32", "auto"))
+        if args.kv_fp8:
+            runs.append(("corral_kv_fp8", "decode_only_kv_fp8", "auto", "fp8"))
         default_dtype = None
-        for dtype in ("auto", "float32"):
-            llm = make_llm(folder, dtype)
+        for name, decode_key, dtype, kv_cache_dtype in runs:
+            llm = make_llm(folder, dtype, kv_cache_dtype)
             chosen = corral_dtype(llm)
-            if dtype == "auto":
+            if name == "corral":
                 default_dtype = chosen
-            elif chosen == default_dtype:
+            elif name == "corral_float32" and chosen == default_dtype:
                 result["config"]["corral_float32"] = "not run: dtype='auto' is float32 here"
-                break
-            name, decode_key = (
-                ("corral", "decode_only")
-                if dtype == "auto"
-                else ("corral_float32", "decode_only_float32")
-            )
+                continue
             systems[name] = _guarded(
                 name, lambda llm=llm: run_corral(llm, prompts, warmup, output_len)
             )
             systems[name]["dtype"] = chosen
+            systems[name]["kv_cache_dtype"] = kv_cache_dtype
             result[decode_key] = _guarded(
                 decode_key,
                 lambda llm=llm: run_corral_decode(llm, decode_prompts, decode_batch, output_len),
@@ -906,7 +921,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
     }
     add_efficiency(result, params, prompt_tokens, attn, peaks)
-    for key in ("decode_only", "decode_only_float32"):
+    for key in ("decode_only", "decode_only_float32", "decode_only_kv_fp8"):
         decode = result.get(key, {})
         if decode.get("status") == "ok":
             # Per decode token: one pass of every non-embedding weight, lm_head included.

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace corral::cpu {
@@ -63,16 +64,48 @@ struct AmxPrefillScratch {
         sum(rows) {}
 };
 
+// Bits of x as bfloat16; exact for float8 values (fewer mantissa bits, and an
+// exponent range inside bfloat16's), so the low half is simply dropped.
+inline uint32_t bf16_bits(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits >> 16;
+}
+
+// Two consecutive elements of a cache row as one word of bfloat16 pairs.
+template <typename KV>
+inline uint32_t pair_word(const KV* row, int64_t w) {
+  if constexpr (std::is_same_v<KV, at::BFloat16>) {
+    uint32_t word;
+    std::memcpy(&word, row + 2 * w, sizeof(word));
+    return word;
+  } else {
+    return bf16_bits(static_cast<float>(row[2 * w])) |
+           (bf16_bits(static_cast<float>(row[2 * w + 1])) << 16);
+  }
+}
+
+// One element of a cache row as bfloat16 bits.
+template <typename KV>
+inline uint32_t element_bits(const KV* row, int64_t d) {
+  if constexpr (std::is_same_v<KV, at::BFloat16>) {
+    return reinterpret_cast<const uint16_t*>(row)[d];
+  } else {
+    return bf16_bits(static_cast<float>(row[d]));
+  }
+}
+
 // Packs keys [c0, c0 + n) as K^T in column blocks of 64 keys; keys past n are zero.
-inline void pack_keys(const PagedView<at::BFloat16>& view, int64_t c0, int64_t n,
-                      uint32_t* out) {
+// A float8 cache is widened to bfloat16 on the way (exactly).
+template <typename KV>
+void pack_keys(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out) {
   const int64_t words = view.head_size / 2;
   for (int64_t j = 0; j < kAmxKeyChunk; ++j) {
     uint32_t* dst = out + (j / kAmxColumns) * words * kAmxColumns + j % kAmxColumns;
     if (j < n) {
-      const auto* src = reinterpret_cast<const uint32_t*>(view.key_row(c0 + j));
+      const KV* src = view.key_row(c0 + j);
       for (int64_t w = 0; w < words; ++w) {
-        dst[w * kAmxColumns] = src[w];
+        dst[w * kAmxColumns] = pair_word(src, w);
       }
     } else {
       for (int64_t w = 0; w < words; ++w) {
@@ -84,19 +117,18 @@ inline void pack_keys(const PagedView<at::BFloat16>& view, int64_t c0, int64_t n
 
 // Packs values [c0, c0 + n) as V in column blocks of up to 64 dims: each word holds
 // the same dim of two consecutive keys. Keys past n are zero.
-inline void pack_values(const PagedView<at::BFloat16>& view, int64_t c0, int64_t n,
-                        uint32_t* out) {
+template <typename KV>
+void pack_values(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out) {
   const int64_t hs = view.head_size;
   for (int64_t j = 0; j < kAmxKeyChunk; j += 2) {
-    const auto* a = j < n ? reinterpret_cast<const uint16_t*>(view.value_row(c0 + j)) : nullptr;
-    const auto* b =
-        j + 1 < n ? reinterpret_cast<const uint16_t*>(view.value_row(c0 + j + 1)) : nullptr;
+    const KV* a = j < n ? view.value_row(c0 + j) : nullptr;
+    const KV* b = j + 1 < n ? view.value_row(c0 + j + 1) : nullptr;
     for (int64_t d0 = 0; d0 < hs; d0 += kAmxColumns) {
       const int64_t nb = std::min(kAmxColumns, hs - d0);
       uint32_t* dst = out + d0 * kAmxKeyChunk / 2 + (j / 2) * nb;
       for (int64_t d = 0; d < nb; ++d) {
-        const uint32_t lo = a ? a[d0 + d] : 0;
-        const uint32_t hi = b ? b[d0 + d] : 0;
+        const uint32_t lo = a ? element_bits(a, d0 + d) : 0;
+        const uint32_t hi = b ? element_bits(b, d0 + d) : 0;
         dst[d] = lo | (hi << 16);
       }
     }
@@ -107,9 +139,9 @@ inline void pack_values(const PagedView<at::BFloat16>& view, int64_t c0, int64_t
 // r / group, head r % group) for `num_tokens` consecutive tokens whose first sits
 // at `first_pos`; `scale` multiplies the scores. Keys at p - window < j <= p are
 // visible to a token at p (window <= 0: all j <= p). Fills scratch.acc / max / sum.
-inline void prefill_attend_amx(const PagedView<at::BFloat16>& view, int64_t group,
-                               int64_t num_tokens, int64_t first_pos, int64_t window,
-                               float scale, AmxPrefillScratch& s) {
+template <typename KV>
+void prefill_attend_amx(const PagedView<KV>& view, int64_t group, int64_t num_tokens,
+                        int64_t first_pos, int64_t window, float scale, AmxPrefillScratch& s) {
   namespace blas = at::native::cpublas;
   const int64_t hs = view.head_size;
   const int64_t rows = num_tokens * group;

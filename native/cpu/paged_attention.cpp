@@ -148,7 +148,9 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
 
   // bfloat16 prefill tiles go to AMX where the CPU has it (attention_prefill_amx.h).
   bool use_amx = false;
-  constexpr bool bfloat16 = std::is_same_v<T, at::BFloat16> && std::is_same_v<KV, at::BFloat16>;
+  // (With a float8 cache too: its values widen to bfloat16 exactly while packing.)
+  constexpr bool bfloat16 = std::is_same_v<T, at::BFloat16> &&
+                            (std::is_same_v<KV, at::BFloat16> || cpu::is_float8_v<KV>);
   if constexpr (bfloat16) {
     use_amx = cpu::amx_bf16_available();
   }

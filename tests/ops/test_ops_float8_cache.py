@@ -40,10 +40,14 @@ def test_attention_over_float8_caches_matches_reference(
 
 @pytest.mark.parametrize("cache_dtype", FLOAT8)
 @pytest.mark.parametrize("q_len", [1, 2])
-def test_every_float8_value_is_read_exactly(cache_dtype: torch.dtype, q_len: int) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_float8_value_is_read_exactly(
+    cache_dtype: torch.dtype, q_len: int, dtype: torch.dtype
+) -> None:
     # One key per sequence: the softmax weight is exactly 1 and the output is the
-    # value row itself, so every finite byte pattern must come back as torch reads it.
-    # q_len 2 (two sequences of one prefill chunk each) takes the prefill path.
+    # value row itself, so every finite byte pattern must come back as torch reads it
+    # (every float8 value is a bfloat16 too). q_len 2 (sequences of one prefill chunk
+    # each) takes the prefill path: for bfloat16 queries on AMX, the packed tiles.
     values = finite_patterns(cache_dtype)
     head_size = 16
     rows = -(-values.numel() // head_size)
@@ -52,7 +56,7 @@ def test_every_float8_value_is_read_exactly(cache_dtype: torch.dtype, q_len: int
     value_cache = padded.to(cache_dtype).view(rows, 1, 1, head_size)
     key_cache = torch.zeros_like(value_cache)
     seqs = rows if q_len == 1 else rows // 2
-    query = torch.randn(seqs * q_len, 1, head_size)
+    query = torch.randn(seqs * q_len, 1, head_size).to(dtype)
     block_tables = torch.arange(seqs * q_len, dtype=torch.int32).view(seqs, q_len)
     out = torch.empty_like(query)
     ops.paged_attention(
@@ -66,7 +70,7 @@ def test_every_float8_value_is_read_exactly(cache_dtype: torch.dtype, q_len: int
         1.0,
         1,  # a window of one: each token sees only its own value
     )
-    expected = value_cache.float()[: seqs * q_len].view(seqs * q_len, 1, head_size)
+    expected = value_cache.to(dtype)[: seqs * q_len].view(seqs * q_len, 1, head_size)
     assert torch.equal(out, expected)
 
 
