@@ -70,31 +70,45 @@ def median_ms(fns: dict[str, Callable[[], object]], device: torch.device, repeat
 
 
 def paged_cache(
-    seq_len: int, num_seqs: int, dtype: torch.dtype, device: torch.device
+    seq_len: int,
+    num_seqs: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    cache_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Caches holding ``num_seqs`` sequences of ``seq_len`` tokens in shuffled blocks,
-    and the block tables (int32) that find them."""
+    and the block tables (int32) that find them. ``cache_dtype`` (a float8 dtype)
+    stores the caches in another dtype than ``dtype``."""
     blocks_per_seq = seq_len // BLOCK_SIZE
     num_blocks = num_seqs * blocks_per_seq
     shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_SIZE)
-    key_cache = torch.randn(shape, dtype=dtype, device=device)
-    value_cache = torch.randn(shape, dtype=dtype, device=device)
+    key_cache = torch.randn(shape, dtype=dtype, device=device).to(cache_dtype or dtype)
+    value_cache = torch.randn(shape, dtype=dtype, device=device).to(cache_dtype or dtype)
     order = torch.randperm(num_blocks, device=device)
     block_tables = order.view(num_seqs, blocks_per_seq).to(torch.int32)
     return key_cache, value_cache, block_tables
 
 
-def gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """[num_seqs, num_kv_heads, seq_len, head_size] out of the paged cache."""
+def gather(
+    cache: torch.Tensor, block_tables: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """[num_seqs, num_kv_heads, seq_len, head_size] out of the paged cache (in ``dtype``)."""
     num_seqs, blocks = block_tables.shape
-    rows = cache[block_tables.long().flatten()]
+    rows = cache[block_tables.long().flatten()].to(dtype or cache.dtype)
     return rows.view(num_seqs, blocks * BLOCK_SIZE, NUM_KV_HEADS, HEAD_SIZE).transpose(1, 2)
 
 
 def bench_decode(
-    num_seqs: int, seq_len: int, dtype: torch.dtype, device: torch.device, repeats: int
+    num_seqs: int,
+    seq_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int,
+    cache_dtype: torch.dtype | None = None,
 ) -> dict:
-    key_cache, value_cache, block_tables = paged_cache(seq_len, num_seqs, dtype, device)
+    key_cache, value_cache, block_tables = paged_cache(
+        seq_len, num_seqs, dtype, device, cache_dtype
+    )
     query = torch.randn(num_seqs, NUM_HEADS, HEAD_SIZE, dtype=dtype, device=device)
     out = torch.empty_like(query)
     i32 = {"dtype": torch.int32, "device": device}
@@ -108,7 +122,7 @@ def bench_decode(
         )
 
     def reference_path() -> torch.Tensor:
-        k, v = gather(key_cache, block_tables), gather(value_cache, block_tables)
+        k, v = gather(key_cache, block_tables, dtype), gather(value_cache, block_tables, dtype)
         q = query.unsqueeze(2)
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
 
@@ -127,7 +141,12 @@ def bench_decode(
     bandwidth = kv_bytes / t_op / 1e6
     copy_bandwidth = kv_bytes / t_copy / 1e6
     return {
-        "shape": {"num_seqs": num_seqs, "seq_len": seq_len, "dtype": str(dtype)},
+        "shape": {
+            "num_seqs": num_seqs,
+            "seq_len": seq_len,
+            "dtype": str(dtype),
+            "cache_dtype": str(key_cache.dtype),
+        },
         "kv_bytes": kv_bytes,
         "corral_ms": t_op,
         "reference_path_ms": t_ref,
@@ -147,9 +166,12 @@ def bench_prefill(
     dtype: torch.dtype,
     device: torch.device,
     repeats: int,
+    cache_dtype: torch.dtype | None = None,
 ) -> dict:
     seq_len = cached + new_tokens
-    key_cache, value_cache, block_tables = paged_cache(seq_len, num_seqs, dtype, device)
+    key_cache, value_cache, block_tables = paged_cache(
+        seq_len, num_seqs, dtype, device, cache_dtype
+    )
     query = torch.randn(num_seqs * new_tokens, NUM_HEADS, HEAD_SIZE, dtype=dtype, device=device)
     out = torch.empty_like(query)
     i32 = {"dtype": torch.int32, "device": device}
@@ -166,8 +188,8 @@ def bench_prefill(
     # query heads, and a bottom-right causal mask (the new tokens follow the cache).
     q = query.view(num_seqs, new_tokens, NUM_HEADS, HEAD_SIZE).transpose(1, 2).contiguous()
     group = NUM_HEADS // NUM_KV_HEADS
-    k = gather(key_cache, block_tables).repeat_interleave(group, dim=1).contiguous()
-    v = gather(value_cache, block_tables).repeat_interleave(group, dim=1).contiguous()
+    k = gather(key_cache, block_tables, dtype).repeat_interleave(group, dim=1).contiguous()
+    v = gather(value_cache, block_tables, dtype).repeat_interleave(group, dim=1).contiguous()
     positions = torch.arange(seq_len, device=device)
     mask = positions[None, :] <= positions[cached:, None]
 
@@ -184,6 +206,7 @@ def bench_prefill(
             "new_tokens": new_tokens,
             "cached_tokens": cached,
             "dtype": str(dtype),
+            "cache_dtype": str(key_cache.dtype),
         },
         "corral_ms": t_op,
         "sdpa_ms": t_sdpa,
@@ -205,31 +228,40 @@ DECODE_ROWS = [1, 4, 16, 64, 128, 256]
 PREFILL_ROWS = [512, 2048]
 
 
-def bench_linear(rows: list[int], repeats: int) -> dict:
-    """Float32 GEMM time per Llama weight and row count: plain vs prepacked."""
+def bench_linear(rows: list[int], repeats: int, dtype: torch.dtype = torch.float32) -> dict:
+    """GEMM time per Llama weight and row count: plain vs prepacked.
+
+    MKL's packed sgemm is float32 only; for bfloat16 the peer is oneDNN's packed
+    weight alone (its AMX path where the CPU has AMX).
+    """
     result: dict = {}
     for name, (out_features, in_features) in LLAMA_LINEARS.items():
-        weight = torch.randn(out_features, in_features) / in_features**0.5
+        weight = (torch.randn(out_features, in_features) / in_features**0.5).to(dtype)
         for m in rows:
-            x = torch.randn(m, in_features)
-            mkl_packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, m)
+            x = torch.randn(m, in_features).to(dtype)
             dnn_packed = torch.ops.mkldnn._reorder_linear_weight(weight, m)
             fns: dict[str, Callable[[], object]] = {
                 "F.linear": lambda x=x, w=weight: F.linear(x, w),
-                "mkl_packed": lambda x=x, p=mkl_packed, w=weight: torch.ops.mkl._mkl_linear(
-                    x, p, w, None, x.shape[0]
-                ),
                 "mkldnn_packed": lambda x=x, p=dnn_packed: torch.ops.mkldnn._linear_pointwise(
                     x, p, None, "none", [], ""
                 ),
             }
+            if dtype == torch.float32:
+                mkl_packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, m)
+                fns["mkl_packed"] = lambda x=x, p=mkl_packed, w=weight: torch.ops.mkl._mkl_linear(
+                    x, p, w, None, x.shape[0]
+                )
             times = median_ms(fns, torch.device("cpu"), repeats)
             flops = 2 * m * out_features * in_features
             result[f"{name} M={m}"] = {
                 **{k: round(v, 4) for k, v in times.items()},
                 "F.linear GFLOP/s": round(flops / times["F.linear"] / 1e6, 1),
-                "mkl_packed / F.linear": round(times["mkl_packed"] / times["F.linear"], 3),
-                "mkldnn_packed / F.linear": round(times["mkldnn_packed"] / times["F.linear"], 3),
+                "mkldnn_packed GFLOP/s": round(flops / times["mkldnn_packed"] / 1e6, 1),
+                **{
+                    f"{peer} / F.linear": round(times[peer] / times["F.linear"], 3)
+                    for peer in ("mkl_packed", "mkldnn_packed")
+                    if peer in times
+                },
             }
     return result
 
@@ -377,6 +409,12 @@ def main() -> None:
     parser.add_argument(
         "--only", default="attention", help=f"comma-separated sections of {SECTIONS}"
     )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default=None,
+        choices=["float8_e4m3fn", "float8_e5m2"],
+        help="attention: caches in this float8 dtype (default: --dtype)",
+    )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--threads-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -402,10 +440,11 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     if "attention" in sections:
-        result["decode"] = bench_decode(64, 1024, dtype, device, repeats)
-        result["prefill"] = bench_prefill(4, 512, 512, dtype, device, repeats)
+        cache_dtype = getattr(torch, args.kv_cache_dtype) if args.kv_cache_dtype else None
+        result["decode"] = bench_decode(64, 1024, dtype, device, repeats, cache_dtype)
+        result["prefill"] = bench_prefill(4, 512, 512, dtype, device, repeats, cache_dtype)
     if "linear" in sections:
-        result["linear"] = bench_linear(DECODE_ROWS + PREFILL_ROWS, repeats)
+        result["linear"] = bench_linear(DECODE_ROWS + PREFILL_ROWS, repeats, dtype)
     if "fused" in sections:
         result["fused"] = bench_fused([1, 64, 256, 2048], dtype, device, repeats)
     if "threads" in sections:

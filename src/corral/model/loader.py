@@ -15,12 +15,14 @@ from corral.errors import NotSupportedError
 from corral.model.config import (
     ModelConfig,
     auto_cpu_dtype,
+    cpu_has_fast_bfloat16,
     hf_head_size,
     hf_max_positions,
     hf_num_kv_heads,
 )
 from corral.model.head_sizes import check_head_size
-from corral.model.layers.parallel import split_heads
+from corral.model.layers.linear import Linear
+from corral.model.layers.parallel import VocabParallelEmbedding, split_heads
 from corral.model.models.registry import resolve_architecture
 from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import init_dummy_weights, iterate_checkpoint
@@ -115,6 +117,31 @@ def resolve_kv_cache_dtype(kv_cache_dtype: str, device: str) -> torch.dtype | No
     return chosen
 
 
+def prepack_linear_weights(module: nn.Module) -> int:
+    """Pack every linear weight of ``module`` for oneDNN, where that is faster.
+
+    Done for bfloat16 on a CPU with hardware bfloat16 (AVX512-BF16 or AMX), where
+    oneDNN's packed bfloat16 GEMM was measured 1.2x to 1.7x faster than ``F.linear`` at
+    decode row counts (docs/kernels.md); elsewhere nothing changes. Packed layers
+    release their plain weight (`Linear.prepack`); the embedding that computes the
+    logits keeps its own and packs a copy on its first use.
+
+    Returns:
+        How many linear layers were packed.
+    """
+    if not (torch.backends.mkldnn.is_available() and cpu_has_fast_bfloat16()):
+        return 0
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, Linear):
+            layer.prepack()
+            count += 1
+        elif isinstance(layer, VocabParallelEmbedding):
+            layer.pack_for_logits = True
+    logger.info("packed %d linear layers for oneDNN's bfloat16 GEMM", count)
+    return count
+
+
 def _eos_token_ids(folder: str, hf_config: Any) -> tuple[int, ...]:
     ids: list[int] = []
     sources: list[Any] = [getattr(hf_config, "eos_token_id", None)]
@@ -203,6 +230,8 @@ def load_model(
     else:
         module.load_weights(iterate_checkpoint(folder))  # type: ignore[operator]
     module.eval().requires_grad_(False)
+    if torch_dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        prepack_linear_weights(module)
     config = ModelConfig(
         path=folder,
         architecture=architecture,

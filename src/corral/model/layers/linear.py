@@ -15,13 +15,63 @@ from torch import nn
 from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import CheckpointTensor, materialize
 
+# Row count oneDNN is told to expect when a weight is packed (a decode batch); the
+# packed layout serves every row count, and the measured speed did not depend on it.
+PACK_ROWS_HINT = 64
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [out, in] reordered once into oneDNN's blocked layout (an opaque tensor)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+
+
+def packed_linear(
+    input: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``F.linear`` against a weight packed by `pack_weight`."""
+    flat = input.reshape(-1, input.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
+    return out.view(*input.shape[:-1], out.shape[-1])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose weight can be prepacked for oneDNN (see `prepack`).
+
+    On a CPU with hardware bfloat16, oneDNN multiplies bfloat16 on AMX tiles; given a
+    plain weight it reorders it into its blocked layout on every call. Packing once at
+    load time takes that cost away: 0.6x to 0.8x the time of ``F.linear`` at decode
+    row counts and 0.95x at 2,048 rows (docs/kernels.md).
+    """
+
+    packed_weight: torch.Tensor | None = None
+
+    def prepack(self) -> None:
+        """Pack the weight and release the plain copy.
+
+        The plain weight becomes a zero-stride view of one zero (its shape, dtype and
+        device stay, its memory goes): a packed layer multiplies with the packed copy
+        only, and writing the weight again fails loudly instead of being ignored.
+        """
+        weight = self.weight
+        self.packed_weight = pack_weight(weight)
+        weight.data = torch.zeros((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
+
+    def matmul(self, input: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``input @ weight.T (+ bias)``, with the packed weight when there is one."""
+        if self.packed_weight is not None:
+            return packed_linear(input, self.packed_weight, bias)
+        return torch.nn.functional.linear(input, self.weight, bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.matmul(input, self.bias)
+
 
 def _check_shape(tensor: CheckpointTensor, expected: tuple[int, ...], what: str) -> None:
     if tuple(tensor.shape) != expected:
         raise ValueError(f"{what} has shape {tuple(tensor.shape)}, expected {expected}")
 
 
-class MergedLinear(nn.Linear):
+class MergedLinear(Linear):
     """One column-parallel layer whose output rows are the concatenation of named shards.
 
     Checkpoints store q/k/v (or gate/up) as separate matrices; running them as one
@@ -83,7 +133,7 @@ class MergedLinear(nn.Linear):
         return out.split([size for _, size in self.shard_offsets.values()], dim=-1)
 
 
-class ColumnParallelLinear(nn.Linear):
+class ColumnParallelLinear(Linear):
     """A linear layer holding this rank's share of the output features.
 
     Args:
@@ -129,7 +179,7 @@ class ColumnParallelLinear(nn.Linear):
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(Linear):
     """A linear layer holding this rank's share of the input features; outputs are summed.
 
     Its input is the split output of a column-parallel layer; each rank's partial
@@ -161,5 +211,5 @@ class RowParallelLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.tp.world_size == 1:
             return super().forward(input)
-        out = self.tp.all_reduce(torch.nn.functional.linear(input, self.weight))
+        out = self.tp.all_reduce(self.matmul(input))
         return out if self.bias is None else out.add_(self.bias)

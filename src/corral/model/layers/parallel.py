@@ -6,6 +6,7 @@ import attrs
 import torch
 from torch import nn
 
+from corral.model.layers.linear import pack_weight, packed_linear
 from corral.model.parallel_state import SINGLE, TensorParallelGroup
 from corral.model.weights import CheckpointTensor, materialize
 
@@ -83,6 +84,13 @@ class VocabParallelEmbedding(nn.Embedding):
         padded[:held] = rows
         return padded
 
+    # Whether `logits` multiplies with a copy of the weight packed for oneDNN, made on
+    # its first call (only the module that computes logits pays for the copy). The
+    # plain weight stays: lookups read it, and an output projection may share it with
+    # the input embedding.
+    pack_for_logits = False
+    packed_weight: torch.Tensor | None = None
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.tp.world_size == 1:
             return super().forward(input)
@@ -97,7 +105,12 @@ class VocabParallelEmbedding(nn.Embedding):
         Each rank scores its slice of the vocabulary and rank 0 gathers the slices;
         the other ranks get None.
         """
-        local = torch.nn.functional.linear(hidden, self.weight)
+        if self.pack_for_logits and self.packed_weight is None:
+            self.packed_weight = pack_weight(self.weight)
+        if self.packed_weight is not None:
+            local = packed_linear(hidden, self.packed_weight, None)
+        else:
+            local = torch.nn.functional.linear(hidden, self.weight)
         gathered = self.tp.gather_last_dim(local)
         if gathered is None:
             return None
