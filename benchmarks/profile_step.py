@@ -63,7 +63,9 @@ CORRAL_OPS = {
     "corral::silu_and_mul": "activation",
     "corral::gelu_tanh": "activation",
 }
-GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+# A bfloat16 linear layer with its weight prepacked for oneDNN (corral.model.layers.linear).
+PACKED_LINEAR = "mkldnn::_linear_pointwise"
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", PACKED_LINEAR}
 EMBEDDING_OPS = {"aten::embedding", "aten::index_select"}
 
 
@@ -202,6 +204,9 @@ def phase_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
 def _gemm_name(event: Any, linear_names: dict[tuple[int, int], str]) -> str:
     shapes = event.input_shapes or []
     weight = shapes[-1] if shapes else []
+    if event.name == PACKED_LINEAR and len(shapes) > 1 and len(shapes[1]) == 2:
+        # (input, packed weight [out, in], bias, ...): named by the weight seen as [in, out].
+        weight = [shapes[1][1], shapes[1][0]]
     if len(weight) == 2:
         name = linear_names.get((weight[0], weight[1]))
         return f"gemm:{name}" if name else f"gemm:{weight[0]}x{weight[1]}"
@@ -284,11 +289,19 @@ def run_once(
     output_len: int,
     profile: bool,
     dtype: str = "float32",
+    kv_cache_dtype: str = "auto",
 ) -> tuple[list[dict[str, Any]], Any, float]:
     from corral.llm import LLM
     from corral.sampling_params import SamplingParams
 
-    llm = LLM(str(folder), dtype=dtype, max_model_len=MAX_MODEL_LEN, seed=0, block_size=BLOCK_SIZE)
+    llm = LLM(
+        str(folder),
+        dtype=dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        max_model_len=MAX_MODEL_LEN,
+        seed=0,
+        block_size=BLOCK_SIZE,
+    )
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     llm.generate(prompt_token_ids=warmup, sampling_params=params, use_tqdm=False)
     prof = None
@@ -318,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--dtype", default="float32", help="corral's dtype (auto, float32, bfloat16)"
     )
+    parser.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8 or fp8_e5m2")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -334,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {
             "model_shape": shape,
             "dtype": args.dtype,
+            "kv_cache_dtype": args.kv_cache_dtype,
             "requests": args.requests,
             "output_len": args.output_len,
             "prompt_tokens": sum(map(len, prompts)),
@@ -349,7 +364,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = linear_shapes(hf_model)
         del hf_model
         steps, _, elapsed = run_once(
-            folder, prompts, warmup, args.output_len, profile=False, dtype=args.dtype
+            folder,
+            prompts,
+            warmup,
+            args.output_len,
+            profile=False,
+            dtype=args.dtype,
+            kv_cache_dtype=args.kv_cache_dtype,
         )
         result["timed"] = {
             "elapsed_s": round(elapsed, 3),
@@ -358,7 +379,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         result["load_average_mid"] = [round(x, 2) for x in os.getloadavg()]
         prof_steps, prof, prof_elapsed = run_once(
-            folder, prompts, warmup, args.output_len, profile=True, dtype=args.dtype
+            folder,
+            prompts,
+            warmup,
+            args.output_len,
+            profile=True,
+            dtype=args.dtype,
+            kv_cache_dtype=args.kv_cache_dtype,
         )
     ops = op_table(prof, names)
     prof_phases = phase_table(prof_steps)

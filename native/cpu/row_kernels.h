@@ -117,13 +117,36 @@ inline void for_row_pairs(int64_t rows, Kernel&& kernel) {
 // out[0:4] = the horizontal sums of a, b, c, d. With AVX2 the four reductions
 // share three hadds (one reduction alone costs about as many shuffles); that
 // reduction, not the multiply-adds, was the larger part of a 64-wide dot product.
-inline void reduce_add4(const fVec& a, const fVec& b, const fVec& c, const fVec& d,
-                        float* out) {
-#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+inline void reduce_add4_256(__m256 a, __m256 b, __m256 c, __m256 d, float* out) {
   const __m256 ab = _mm256_hadd_ps(a, b);
   const __m256 cd = _mm256_hadd_ps(c, d);
   const __m256 abcd = _mm256_hadd_ps(ab, cd);
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The two 256-bit halves of v added: the first step of its reduction.
+inline __m256 fold_halves(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v),
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// With AVX-512 the four sums fold to 256 bits first, then share the AVX2 hadds:
+// 13 instructions instead of four separate reductions of about 8 each.
+inline void reduce_add4(__m512 a, __m512 b, __m512 c, __m512 d, float* out) {
+  reduce_add4_256(fold_halves(a), fold_halves(b), fold_halves(c), fold_halves(d), out);
+}
+#endif
+
+inline void reduce_add4(const fVec& a, const fVec& b, const fVec& c, const fVec& d,
+                        float* out) {
+#if defined(CPU_CAPABILITY_AVX512)
+  reduce_add4(static_cast<__m512>(a), static_cast<__m512>(b), static_cast<__m512>(c),
+              static_cast<__m512>(d), out);
+#elif defined(CPU_CAPABILITY_AVX2)
+  reduce_add4_256(a, b, c, d, out);
 #else
   out[0] = a.reduce_add();
   out[1] = b.reduce_add();
@@ -269,13 +292,60 @@ inline void score_group(const QueryRows<at::BFloat16>& q, int64_t first_row, int
   });
 }
 
-// vdpbf16ps needs no conversion and no reduction trick: one key at a time.
+// Four keys against NG rows with vdpbf16ps: 4 x NG sums, reduced four at a time.
+template <int NG>
+inline void dot_rows_bf16_x4(const at::BFloat16* q, int64_t head_size,
+                             const at::BFloat16* const* k, float scale, float* scores,
+                             int64_t score_stride) {
+  __m512 sums[kKeyBlock][NG];
+  for (int i = 0; i < kKeyBlock; ++i) {
+    for (int g = 0; g < NG; ++g) {
+      sums[i][g] = _mm512_setzero_ps();
+    }
+  }
+  int64_t d = 0;
+  for (; d + 32 <= head_size; d += 32) {
+    __m512bh kv[kKeyBlock];
+    for (int i = 0; i < kKeyBlock; ++i) {
+      kv[i] = (__m512bh)_mm512_loadu_si512(k[i] + d);
+    }
+    for (int g = 0; g < NG; ++g) {
+      const auto qv = (__m512bh)_mm512_loadu_si512(q + g * head_size + d);
+      for (int i = 0; i < kKeyBlock; ++i) {
+        sums[i][g] = _mm512_dpbf16_ps(sums[i][g], qv, kv[i]);
+      }
+    }
+  }
+  if (d < head_size) {
+    // head_size is a multiple of 16: one half vector remains.
+    __m512bh kv[kKeyBlock];
+    for (int i = 0; i < kKeyBlock; ++i) {
+      kv[i] = (__m512bh)_mm512_maskz_loadu_epi16(0xFFFF, k[i] + d);
+    }
+    for (int g = 0; g < NG; ++g) {
+      const auto qv = (__m512bh)_mm512_maskz_loadu_epi16(0xFFFF, q + g * head_size + d);
+      for (int i = 0; i < kKeyBlock; ++i) {
+        sums[i][g] = _mm512_dpbf16_ps(sums[i][g], qv, kv[i]);
+      }
+    }
+  }
+  for (int g = 0; g < NG; ++g) {
+    float four[kKeyBlock];
+    reduce_add4(sums[0][g], sums[1][g], sums[2][g], sums[3][g], four);
+    for (int i = 0; i < kKeyBlock; ++i) {
+      scores[g * score_stride + i] = four[i] * scale;
+    }
+  }
+}
+
 inline void score_group_x4(const QueryRows<at::BFloat16>& q, int64_t first_row, int64_t rows,
                            int64_t head_size, const at::BFloat16* const* k, float* scores,
                            int64_t score_stride) {
-  for (int i = 0; i < kKeyBlock; ++i) {
-    score_group(q, first_row, rows, head_size, k[i], scores + i, score_stride);
-  }
+  const at::BFloat16* raw = q.raw + first_row * head_size;
+  for_row_pairs(rows, [&](auto ng, int64_t g) {
+    dot_rows_bf16_x4<decltype(ng)::value>(raw + g * head_size, head_size, k, q.scale,
+                                          scores + g * score_stride, score_stride);
+  });
 }
 #endif
 
