@@ -134,7 +134,7 @@ CACHE_CASES: list[tuple[str, Callable[[dict], None], str]] = [
     ("int32 slots", lambda a: a.update(slot_mapping=a["slot_mapping"].int()), "int64"),
     ("slot past the cache", lambda a: a.update(slot_mapping=a["slot_mapping"] * 1000), "slot"),
     ("value shape", lambda a: a.update(value=a["value"][:2]), "value shape"),
-    ("key dtype", lambda a: a.update(key=a["key"].bfloat16()), "one dtype"),
+    ("key dtype", lambda a: a.update(key=a["key"].bfloat16()), "caches('| must share one) dtype"),
     ("kv heads", lambda a: a.update(key=a["key"][:, :1], value=a["value"][:, :1]), "kv heads"),
     ("slot count", lambda a: a.update(slot_mapping=a["slot_mapping"][:2]), "num_tokens"),
     ("3-D cache", lambda a: a.update(key_cache=a["key_cache"][0]), "key_cache must be"),
