@@ -43,12 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (
-    BLOCK_SIZE,
-    MAX_MODEL_LEN,
     STANDARD_MODEL,
     TINY_MODEL,
     build_model,
     machine_info,
+    make_llm,
     versions,
     workload,
 )
@@ -291,17 +290,9 @@ def run_once(
     dtype: str = "float32",
     kv_cache_dtype: str = "auto",
 ) -> tuple[list[dict[str, Any]], Any, float]:
-    from corral.llm import LLM
     from corral.sampling_params import SamplingParams
 
-    llm = LLM(
-        str(folder),
-        dtype=dtype,
-        kv_cache_dtype=kv_cache_dtype,
-        max_model_len=MAX_MODEL_LEN,
-        seed=0,
-        block_size=BLOCK_SIZE,
-    )
+    llm = make_llm(folder, dtype, kv_cache_dtype)
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     llm.generate(prompt_token_ids=warmup, sampling_params=params, use_tqdm=False)
     prof = None

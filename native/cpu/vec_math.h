@@ -36,6 +36,16 @@ inline fVec load_f32<float>(const float* p) {
   return fVec::loadu(p);
 }
 
+// kVec elements widened one by one (CPUs without AVX2).
+template <typename T>
+inline fVec load_f32_scalar(const T* p) {
+  float tmp[kVec];
+  for (int64_t i = 0; i < kVec; ++i) {
+    tmp[i] = static_cast<float>(p[i]);
+  }
+  return fVec::loadu(tmp);
+}
+
 // float8 KV caches (kv_cache_dtype "fp8_e5m2" / "fp8"). An e5m2 byte is the top
 // byte of a float16; an e4m3 byte with its sign moved to bit 15 and the rest to
 // bits 7..13 is a float16 whose exponent bias is 8 too large, i.e. 2^-8 times the
@@ -50,11 +60,7 @@ inline fVec load_f32<c10::Float8_e5m2>(const c10::Float8_e5m2* p) {
   const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return fVec(_mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8)));
 #else
-  float tmp[kVec];
-  for (int64_t i = 0; i < kVec; ++i) {
-    tmp[i] = static_cast<float>(p[i]);
-  }
-  return fVec::loadu(tmp);
+  return load_f32_scalar(p);
 #endif
 }
 
@@ -71,11 +77,7 @@ inline fVec load_f32<c10::Float8_e4m3fn>(const c10::Float8_e4m3fn* p) {
                                     _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7F)), 7));
   return fVec(_mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f)));
 #else
-  float tmp[kVec];
-  for (int64_t i = 0; i < kVec; ++i) {
-    tmp[i] = static_cast<float>(p[i]);
-  }
-  return fVec::loadu(tmp);
+  return load_f32_scalar(p);
 #endif
 }
 

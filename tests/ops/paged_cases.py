@@ -161,3 +161,17 @@ def batch_specs(draw: st.DrawFn, max_seqs: int = 16, max_len: int = 300) -> Batc
         sliding_window=draw(st.integers(1, max_len)) if windowed else -1,
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+def check_against_reference(spec: BatchSpec, device: str = "cpu") -> None:
+    """paged_attention on :func:`make_batch` (spec) equals the float32 reference."""
+    from corral import ops
+    from corral.ops import reference
+
+    batch = make_batch(spec, device)
+    out = torch.full_like(batch.query, float("nan"))
+    ops.paged_attention(*batch.args(out))
+    expected = torch.empty_like(batch.query)
+    with one_thread():
+        reference.paged_attention(*batch.args(expected))
+    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[spec.dtype])

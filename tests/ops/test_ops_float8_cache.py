@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from corral import ops
 from corral.ops import reference
-from tests.ops.paged_cases import TOLERANCES, BatchSpec, batch_specs, make_batch, one_thread
+from tests.ops.paged_cases import BatchSpec, batch_specs, check_against_reference
 
 FLOAT8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 
@@ -28,14 +28,7 @@ def test_attention_over_float8_caches_matches_reference(
 ) -> None:
     # The reference reads the caches with torch's float8 -> float32 conversion; the
     # kernels' own widening must give the same values, so only float32 math differs.
-    spec = attrs.evolve(spec, cache_dtype=cache_dtype)
-    batch = make_batch(spec)
-    out = torch.full_like(batch.query, float("nan"))
-    ops.paged_attention(*batch.args(out))
-    expected = torch.empty_like(batch.query)
-    with one_thread():
-        reference.paged_attention(*batch.args(expected))
-    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[spec.dtype])
+    check_against_reference(attrs.evolve(spec, cache_dtype=cache_dtype))
 
 
 @pytest.mark.parametrize("cache_dtype", FLOAT8)

@@ -9,26 +9,14 @@ import torch
 from hypothesis import example, given, settings
 
 from corral import ops
-from corral.ops import reference
 from tests.ops.paged_cases import (
     DEVICES,
     DTYPES,
-    TOLERANCES,
     BatchSpec,
     batch_specs,
+    check_against_reference,
     make_batch,
-    one_thread,
 )
-
-
-def check_against_reference(spec: BatchSpec, device: str) -> None:
-    batch = make_batch(spec, device)
-    out = torch.full_like(batch.query, float("nan"))
-    ops.paged_attention(*batch.args(out))
-    expected = torch.empty_like(batch.query)
-    with one_thread():
-        reference.paged_attention(*batch.args(expected))
-    torch.testing.assert_close(out.float(), expected.float(), **TOLERANCES[spec.dtype])
 
 
 @pytest.fixture
