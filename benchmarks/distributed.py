@@ -135,6 +135,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output-len", type=int, default=None, help="default 128")
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="engine dtype of every row (float32 by default, as in the earlier runs; "
+        "auto: corral's default, bfloat16 on a CPU with hardware bfloat16)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     requests = args.requests or (32 if args.quick else 128)
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shape = throughput.TINY_MODEL if args.tiny else throughput.STANDARD_MODEL
     prompts = throughput.workload(requests, shape["vocab_size"], 32, 512, args.seed)
     common = {
-        "dtype": "float32",
+        "dtype": args.dtype,
         "max_model_len": throughput.MAX_MODEL_LEN,
         "seed": 0,
         "block_size": throughput.BLOCK_SIZE,
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "config": {
             "model": "tiny llama" if args.tiny else "llama-40M",
+            "dtype": args.dtype,
             "requests": requests,
             "output_len": output_len,
             "prompt_tokens": sum(map(len, prompts)),

@@ -50,12 +50,27 @@ struct PartialState {
 // Fills `state` (overwriting it).
 constexpr int64_t kDecodeChunk = 256;
 
+// How far ahead (in positions) the key and value rows are prefetched: one block of
+// the default size. Blocks of a sequence are scattered over the cache, and the
+// hardware prefetchers do not follow a jump from one block to the next.
+constexpr int64_t kPrefetchAhead = 16;
+
+// Prefetches `bytes` bytes from p into the caches.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) {
+    _mm_prefetch(c + off, _MM_HINT_T0);
+  }
+}
+
 template <typename T, typename KV>
 void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t group,
                    const QueryRows<T>& q, int64_t begin, int64_t end, float* scores,
                    PartialState state) {
   const int64_t hs = view.head_size;
   const int64_t rows = num_kv_heads * group;
+  // The task's part of one cache slot: its kv heads' rows, contiguous.
+  const int64_t row_bytes = num_kv_heads * hs * static_cast<int64_t>(sizeof(KV));
   for (int64_t r = 0; r < rows; ++r) {
     state.max[r] = kNegInf;
     state.sum[r] = 0.0f;
@@ -68,6 +83,11 @@ void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t grou
       const KV* k[kKeyBlock];
       for (int i = 0; i < kKeyBlock; ++i) {
         k[i] = view.key_row(c0 + j + i);
+      }
+      if (c0 + j + kPrefetchAhead + kKeyBlock <= end) {
+        for (int i = 0; i < kKeyBlock; ++i) {
+          prefetch_bytes(view.key_row(c0 + j + kPrefetchAhead + i), row_bytes);
+        }
       }
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         const KV* kh[kKeyBlock];
@@ -99,6 +119,11 @@ void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t grou
       const KV* v[kKeyBlock];
       for (int i = 0; i < kKeyBlock; ++i) {
         v[i] = view.value_row(c0 + j + i);
+      }
+      if (c0 + j + kPrefetchAhead + kKeyBlock <= end) {
+        for (int i = 0; i < kKeyBlock; ++i) {
+          prefetch_bytes(view.value_row(c0 + j + kPrefetchAhead + i), row_bytes);
+        }
       }
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         const KV* vh[kKeyBlock];
