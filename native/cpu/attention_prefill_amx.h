@@ -179,10 +179,7 @@ void prefill_attend_amx(const PagedView<KV>& view, int64_t group, int64_t num_to
       // probabilities; the zero keys past n are masked too (hi <= n).
       std::fill(row, row + lo, 0.0f);
       std::fill(row + hi, row + C, 0.0f);
-      scale_row(row + lo, hi - lo - (hi - lo) % kVec, scale);
-      for (int64_t i = hi - (hi - lo) % kVec; i < hi; ++i) {
-        row[i] *= scale;
-      }
+      scale_row(row, C, scale);
       const float new_max = std::max(s.max[r], max_of(row + lo, hi - lo));
       const float rescale = std::exp(s.max[r] - new_max);
       s.sum[r] = s.sum[r] * rescale + exp_shift_sum(row + lo, hi - lo, new_max);

@@ -23,22 +23,10 @@ namespace {
 using cpu::fVec;
 using cpu::kVec;
 using cpu::load_f32;
+using cpu::dispatch_float_types;
+using cpu::round_to;
 using cpu::store_f32;
 
-// Rounds float32 lanes to T and back: the value a T tensor would hold.
-template <typename T>
-inline fVec round_to(const fVec& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
-  }
-}
-
-template <typename T>
-inline float round_to(float x) {
-  return static_cast<float>(static_cast<T>(x));
-}
 
 // The device half of the shared checks: every tensor of a CPU op lives on the CPU.
 auto on_cpu(const char* op) {
@@ -47,21 +35,6 @@ auto on_cpu(const char* op) {
   };
 }
 
-// Calls fn(T{}) for the storage type of a float32 / bfloat16 / float16 tensor
-// (checked by the caller).
-template <typename Fn>
-void dispatch_float_types(at::ScalarType dtype, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat:
-      return fn(float{});
-    case at::kBFloat16:
-      return fn(at::BFloat16{});
-    case at::kHalf:
-      return fn(at::Half{});
-    default:
-      TORCH_CHECK(false, "unsupported dtype ", dtype);
-  }
-}
 
 // Row r of a tensor seen as [rows, last]: the element offset of its first entry.
 // Leading dimensions may have any strides (a q/k view of a fused qkv output);
@@ -142,7 +115,7 @@ void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight
   const Rows out_rows(out, op, "out");
   const int64_t n = input.size(-1);
   const float eps = static_cast<float>(epsilon);
-  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+  dispatch_float_types(input.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     const auto* x = input.const_data_ptr<scalar_t>();
     const auto* w = weight.const_data_ptr<scalar_t>();
@@ -166,7 +139,7 @@ void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tenso
   const Rows res_rows(residual, op, "residual");
   const int64_t n = input.size(-1);
   const float eps = static_cast<float>(epsilon);
-  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+  dispatch_float_types(input.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     auto* x = input.data_ptr<scalar_t>();
     auto* res = residual.data_ptr<scalar_t>();
@@ -198,7 +171,7 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
   const Rows in_rows(input, op, "input");
   const Rows out_rows(out, op, "out");
   const int64_t d = out.size(-1);
-  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+  dispatch_float_types(input.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     using T = scalar_t;
     const auto* x = input.const_data_ptr<T>();
@@ -234,7 +207,7 @@ void gelu_tanh(at::Tensor& out, const at::Tensor& input) {
   const int64_t n = input.size(-1);
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;
-  dispatch_float_types(input.scalar_type(), [&](auto tag) {
+  dispatch_float_types(input.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     using T = scalar_t;
     const auto* x = input.const_data_ptr<T>();
@@ -312,7 +285,7 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
   const HeadLayout k = fused_checks::head_layout(key, num_tokens, head_size, op, "key");
   const int64_t* pos = pos_c.const_data_ptr<int64_t>();
   const int64_t heads = q.num_heads + k.num_heads;
-  dispatch_float_types(query.scalar_type(), [&](auto tag) {
+  dispatch_float_types(query.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     using T = scalar_t;
     auto* qp = query.data_ptr<T>();

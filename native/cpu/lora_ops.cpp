@@ -23,30 +23,13 @@ namespace {
 using cpu::fVec;
 using cpu::kVec;
 using cpu::load_f32;
+using cpu::dispatch_float_types;
+using cpu::round_to;
 using cpu::store_f32;
 
 constexpr int64_t kTile = 4;
 // Fewest tokens of one slot that run as a GEMM rather than as tiles.
 constexpr int64_t kGemmMin = 16;
-
-template <typename Fn>
-void dispatch_lora_types(at::ScalarType dtype, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat:
-      return fn(float{});
-    case at::kBFloat16:
-      return fn(at::BFloat16{});
-    case at::kHalf:
-      return fn(at::Half{});
-    default:
-      TORCH_CHECK(false, "add_lora: unsupported dtype ", dtype);
-  }
-}
-
-template <typename T>
-inline float round_to(float v) {
-  return static_cast<float>(static_cast<T>(v));
-}
 
 // tmp[i * width + j] = T(x[tokens[i]] . a[j]) for j < width.
 template <typename T>
@@ -257,7 +240,7 @@ void add_lora(at::Tensor& out, const at::Tensor& x, const at::Tensor& lora_a,
   }
   const int64_t tile_work = kTile * width * (k_size + n_size);
   const int64_t grain = std::max<int64_t>(1, 262144 / std::max<int64_t>(tile_work, 1));
-  dispatch_lora_types(dtype, [&](auto tag) {
+  dispatch_float_types(dtype, "add_lora", [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.const_data_ptr<T>();
     T* op = out.data_ptr<T>();

@@ -163,37 +163,43 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
       const auto view = view_of(t);
       const int64_t q_len = b.query_start[t.seq + 1] - b.query_start[t.seq];
       const int64_t head0 = b.query_start[t.seq] * token_stride + t.kv_head * g * hs;
-      if constexpr (bfloat16) {
-        if (q_len > 1 && use_amx) {
-          if (!amx) {
-            amx.emplace(tile_rows, hs);
-          }
-          const int64_t num_tokens = t.last - t.first;
-          for (int64_t k = 0; k < num_tokens; ++k) {
-            std::copy_n(q_base + head0 + (t.first + k) * token_stride, g * hs,
-                        amx->q.data() + k * g * hs);
-          }
-          cpu::prefill_attend_amx(view, g, num_tokens, b.seq_lens[t.seq] - q_len + t.first,
-                                  window, static_cast<float>(scale), *amx);
-          for (int64_t r = 0; r < num_tokens * g; ++r) {
-            T* dst = out_base + head0 + (t.first + r / g) * token_stride + (r % g) * hs;
-            cpu::store_row(dst, amx->acc.data() + r * hs, hs, 1.0f / amx->sum[r]);
-          }
-          continue;
-        }
-      }
       if (q_len > 1) {
-        auto s = cpu::PrefillScratch::carve(scratch.data(), tile_rows, hs);
+        // A prefill tile: the AMX kernel on raw bfloat16 query rows, else the sgemm
+        // kernel on scaled float32 ones; both leave an unnormalised output and sums.
         const int64_t num_tokens = t.last - t.first;
-        for (int64_t k = 0; k < num_tokens; ++k) {
-          cpu::convert_row(s.q + k * g * hs, q_base + head0 + (t.first + k) * token_stride,
-                           g * hs, static_cast<float>(scale));
+        const int64_t first_pos = b.seq_lens[t.seq] - q_len + t.first;
+        const float* acc = nullptr;
+        const float* sum = nullptr;
+        bool done = false;
+        if constexpr (bfloat16) {
+          if (use_amx) {
+            if (!amx) {
+              amx.emplace(tile_rows, hs);
+            }
+            for (int64_t k = 0; k < num_tokens; ++k) {
+              std::copy_n(q_base + head0 + (t.first + k) * token_stride, g * hs,
+                          amx->q.data() + k * g * hs);
+            }
+            cpu::prefill_attend_amx(view, g, num_tokens, first_pos, window,
+                                    static_cast<float>(scale), *amx);
+            acc = amx->acc.data();
+            sum = amx->sum.data();
+            done = true;
+          }
         }
-        cpu::prefill_attend(view, g, num_tokens, b.seq_lens[t.seq] - q_len + t.first, window,
-                            s);
+        if (!done) {
+          auto s = cpu::PrefillScratch::carve(scratch.data(), tile_rows, hs);
+          for (int64_t k = 0; k < num_tokens; ++k) {
+            cpu::convert_row(s.q + k * g * hs, q_base + head0 + (t.first + k) * token_stride,
+                             g * hs, static_cast<float>(scale));
+          }
+          cpu::prefill_attend(view, g, num_tokens, first_pos, window, s);
+          acc = s.state.acc;
+          sum = s.state.sum;
+        }
         for (int64_t r = 0; r < num_tokens * g; ++r) {
           T* dst = out_base + head0 + (t.first + r / g) * token_stride + (r % g) * hs;
-          cpu::store_row(dst, s.state.acc + r * hs, hs, 1.0f / s.state.sum[r]);
+          cpu::store_row(dst, acc + r * hs, hs, 1.0f / sum[r]);
         }
         continue;
       }

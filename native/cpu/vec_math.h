@@ -36,6 +36,37 @@ inline fVec load_f32<float>(const float* p) {
   return fVec::loadu(p);
 }
 
+// Calls fn(T{}) for the storage type of a float32 / bfloat16 / float16 tensor
+// (checked by the caller).
+template <typename Fn>
+void dispatch_float_types(at::ScalarType dtype, const char* op, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat:
+      return fn(float{});
+    case at::kBFloat16:
+      return fn(at::BFloat16{});
+    case at::kHalf:
+      return fn(at::Half{});
+    default:
+      TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
+  }
+}
+
+// Rounds float32 lanes to T and back: the value a T tensor would hold.
+template <typename T>
+inline fVec round_to(const fVec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+  }
+}
+
+template <typename T>
+inline float round_to(float x) {
+  return static_cast<float>(static_cast<T>(x));
+}
+
 // kVec elements widened one by one (CPUs without AVX2).
 template <typename T>
 inline fVec load_f32_scalar(const T* p) {
