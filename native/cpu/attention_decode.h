@@ -5,11 +5,13 @@
 // paged_attention.cpp either normalises or merges with other partitions.
 #pragma once
 
+#include "float8_rows.h"
 #include "row_kernels.h"
 #include "vec_math.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace corral::cpu {
 
@@ -38,6 +40,65 @@ struct PartialState {
   float* sum;  // [rows]
   float* acc;  // [rows, head_size]
 };
+
+// The row kernels decode_attend runs for queries of type T over a cache of KV:
+// those of row_kernels.h (float32 math on widened rows, or vdpbf16ps scores for
+// bfloat16 over bfloat16), or, for float8 caches where the CPU has the byte
+// permutes, the table-lookup kernels of float8_rows.h, which keep the scaled
+// query rows and the output rows in chunk order (kChunkOrder).
+template <typename T, typename KV, typename = void>
+struct DecodeRowKernels {
+  static constexpr bool kChunkOrder = false;
+  const QueryRows<T>& q;
+
+  void score_x4(int64_t first_row, int64_t rows, int64_t hs, const KV* const* k, float* scores,
+                int64_t stride) const {
+    score_group_x4(q, first_row, rows, hs, k, scores, stride);
+  }
+  void score(int64_t first_row, int64_t rows, int64_t hs, const KV* k, float* scores,
+             int64_t stride) const {
+    score_group(q, first_row, rows, hs, k, scores, stride);
+  }
+  void axpy_x4(float* acc, int64_t rows, int64_t hs, const float* p, int64_t p_stride,
+               const KV* const* v) const {
+    axpy_group_x4(acc, rows, hs, p, p_stride, v);
+  }
+  void axpy(float* acc, int64_t rows, int64_t hs, const float* p, int64_t p_stride,
+            const KV* v) const {
+    axpy_group(acc, rows, hs, p, p_stride, v);
+  }
+};
+
+#ifdef CORRAL_FLOAT8_TABLES
+template <typename T, typename KV>
+struct DecodeRowKernels<T, KV, std::enable_if_t<is_float8_v<KV>>> {
+  static constexpr bool kChunkOrder = true;
+  const QueryRows<T>& q;  // q.scaled in chunk order
+  Float8Tables tables = float8_tables<KV>();
+
+  void score_x4(int64_t first_row, int64_t rows, int64_t hs, const KV* const* k, float* scores,
+                int64_t stride) const {
+    score_group_float8_x4(q.scaled + first_row * hs, rows, hs, k, tables, scores, stride);
+  }
+  void score(int64_t first_row, int64_t rows, int64_t hs, const KV* k, float* scores,
+             int64_t stride) const {
+    score_group_float8(q.scaled + first_row * hs, rows, hs, k, tables, scores, stride);
+  }
+  void axpy_x4(float* acc, int64_t rows, int64_t hs, const float* p, int64_t p_stride,
+               const KV* const* v) const {
+    axpy_group_float8_x4(acc, rows, hs, p, p_stride, v, tables);
+  }
+  void axpy(float* acc, int64_t rows, int64_t hs, const float* p, int64_t p_stride,
+            const KV* v) const {
+    axpy_group_float8(acc, rows, hs, p, p_stride, v, tables);
+  }
+};
+#endif
+
+// Whether decode_attend wants `q.scaled` in chunk order (float8_rows.h); the
+// outputs it leaves are always in natural order.
+template <typename T, typename KV>
+inline constexpr bool kDecodeQueryInChunkOrder = DecodeRowKernels<T, KV>::kChunkOrder;
 
 // Attention of the query rows of `num_kv_heads` consecutive kv heads (starting at
 // view.head_offset), `group` rows each, over key positions [begin, end), all
@@ -69,6 +130,7 @@ void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t grou
                    PartialState state) {
   const int64_t hs = view.head_size;
   const int64_t rows = num_kv_heads * group;
+  const DecodeRowKernels<T, KV> kernels{q};
   // The task's part of one cache slot: its kv heads' rows, contiguous.
   const int64_t row_bytes = num_kv_heads * hs * static_cast<int64_t>(sizeof(KV));
   for (int64_t r = 0; r < rows; ++r) {
@@ -94,15 +156,15 @@ void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t grou
         for (int i = 0; i < kKeyBlock; ++i) {
           kh[i] = k[i] + h * hs;
         }
-        score_group_x4(q, h * group, group, hs, kh, scores + h * group * kDecodeChunk + j,
-                       kDecodeChunk);
+        kernels.score_x4(h * group, group, hs, kh, scores + h * group * kDecodeChunk + j,
+                         kDecodeChunk);
       }
     }
     for (int64_t j = blocked; j < n; ++j) {
       const KV* k = view.key_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        score_group(q, h * group, group, hs, k + h * hs, scores + h * group * kDecodeChunk + j,
-                    kDecodeChunk);
+        kernels.score(h * group, group, hs, k + h * hs, scores + h * group * kDecodeChunk + j,
+                      kDecodeChunk);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -130,17 +192,20 @@ void decode_attend(const PagedView<KV>& view, int64_t num_kv_heads, int64_t grou
         for (int i = 0; i < kKeyBlock; ++i) {
           vh[i] = v[i] + h * hs;
         }
-        axpy_group_x4(state.acc + h * group * hs, group, hs,
-                      scores + h * group * kDecodeChunk + j, kDecodeChunk, vh);
+        kernels.axpy_x4(state.acc + h * group * hs, group, hs,
+                        scores + h * group * kDecodeChunk + j, kDecodeChunk, vh);
       }
     }
     for (int64_t j = blocked; j < n; ++j) {
       const KV* v = view.value_row(c0 + j);
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        axpy_group(state.acc + h * group * hs, group, hs, scores + h * group * kDecodeChunk + j,
-                   kDecodeChunk, v + h * hs);
+        kernels.axpy(state.acc + h * group * hs, group, hs,
+                     scores + h * group * kDecodeChunk + j, kDecodeChunk, v + h * hs);
       }
     }
+  }
+  if constexpr (DecodeRowKernels<T, KV>::kChunkOrder) {
+    from_chunk_order(state.acc, rows, hs);
   }
 }
 

@@ -207,6 +207,9 @@ void run(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
       float* qf = scratch.data();
       float* scores = qf + rows * hs;
       cpu::convert_row(qf, q_base + head0, rows * hs, static_cast<float>(scale));
+      if constexpr (cpu::kDecodeQueryInChunkOrder<T, KV>) {
+        cpu::to_chunk_order(qf, rows, hs);
+      }
       const cpu::QueryRows<T> q{qf, q_base + head0, static_cast<float>(scale)};
       if (t.partition < 0) {
         float* after = scores + rows * cpu::kDecodeChunk;
