@@ -185,7 +185,12 @@ void silu_and_mul(at::Tensor& out, const at::Tensor& input) {
         int64_t i = 0;
         for (; i + kVec <= d; i += kVec) {
           const fVec g = load_f32(gate + i);
-          const fVec act = g / (one + g.neg().exp());
+          fVec act;
+          if constexpr (std::is_same_v<T, float>) {
+            act = g / (one + g.neg().exp());
+          } else {
+            act = cpu::silu_16bit(g);
+          }
           store_f32(dst + i, round_to<T>(act) * load_f32(up + i));
         }
         for (; i < d; ++i) {

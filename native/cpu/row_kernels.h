@@ -11,10 +11,6 @@
 
 #include <immintrin.h>
 
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-#define CORRAL_AVX512_BF16 1
-#endif
-
 namespace corral::cpu {
 
 // Runs `kernel(group size, first row)` over `rows` rows in groups of up to four,

@@ -15,6 +15,10 @@
 
 #include <immintrin.h>
 
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+#define CORRAL_AVX512_BF16 1
+#endif
+
 namespace corral::cpu {
 
 using fVec = at::vec::Vectorized<float>;
@@ -61,6 +65,16 @@ inline fVec round_to(const fVec& v) {
     return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
   }
 }
+
+#ifdef CORRAL_AVX512_BF16
+// vcvtneps2bf16 rounds to nearest even like torch's conversion (one instruction
+// instead of nine); it flushes float32 subnormals (below 1.2e-38) to zero.
+template <>
+inline fVec round_to<at::BFloat16>(const fVec& v) {
+  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(v);
+  return fVec(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+}
+#endif
 
 template <typename T>
 inline float round_to(float x) {
@@ -125,6 +139,45 @@ inline KV to_cache(float x) {
   return KV(std::clamp(x, -top, top));
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// to_cache for kVec lanes at once, bit for bit: the same saturation, then c10's
+// float32 -> float8 rounding (nearest even; subnormals through a float add) in
+// integer lanes. NaN stays NaN (0x7F with its sign), as in the scalar path.
+template <typename KV>
+inline void store_to_cache(KV* p, const fVec& v) {
+  static_assert(is_float8_v<KV>, "store_to_cache writes float8 caches");
+  constexpr bool e4m3 = std::is_same_v<KV, c10::Float8_e4m3fn>;
+  constexpr float top = e4m3 ? 448.0f : 57344.0f;
+  // The constants of c10's fp8e4m3fn_from_fp32_value / fp8e5m2_from_fp32_value.
+  constexpr uint32_t nan_from = e4m3 ? (1087u << 20) : (143u << 23);
+  constexpr uint32_t denorm_mask = e4m3 ? (141u << 23) : (134u << 23);
+  constexpr uint32_t normal_from = e4m3 ? (121u << 23) : (113u << 23);
+  constexpr int shift = e4m3 ? 20 : 21;
+  constexpr uint32_t rebias = e4m3 ? ((uint32_t)(7 - 127) << 23) + 0x7FFFFu
+                                   : ((uint32_t)(15 - 127) << 23) + 0xFFFFFu;
+  // max_ps / min_ps return their second operand when either is NaN.
+  const __m512 x = _mm512_min_ps(_mm512_set1_ps(top), _mm512_max_ps(_mm512_set1_ps(-top), v));
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i sign = _mm512_and_si512(bits, _mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m512i f = _mm512_xor_si512(bits, sign);
+  const __m512i dmask = _mm512_set1_epi32(static_cast<int>(denorm_mask));
+  const __m512i sub = _mm512_sub_epi32(
+      _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(f), _mm512_castsi512_ps(dmask))),
+      dmask);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(f, shift), _mm512_set1_epi32(1));
+  const __m512i normal = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(f, _mm512_set1_epi32(static_cast<int>(rebias))), odd),
+      shift);
+  __m512i r = _mm512_mask_blend_epi32(
+      _mm512_cmplt_epu32_mask(f, _mm512_set1_epi32(static_cast<int>(normal_from))), normal, sub);
+  r = _mm512_mask_mov_epi32(
+      r, _mm512_cmpge_epu32_mask(f, _mm512_set1_epi32(static_cast<int>(nan_from))),
+      _mm512_set1_epi32(0x7F));
+  r = _mm512_or_si512(r, _mm512_srli_epi32(sign, 24));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(r));
+}
+#endif
+
 template <typename T>
 inline void store_f32(T* p, const fVec& v) {
   const auto packed = at::vec::convert_from_float<T>(v, v);
@@ -134,6 +187,30 @@ inline void store_f32(T* p, const fVec& v) {
 template <>
 inline void store_f32<float>(float* p, const fVec& v) {
   v.store(p);
+}
+
+#ifdef CORRAL_AVX512_BF16
+template <>
+inline void store_f32<at::BFloat16>(at::BFloat16* p, const fVec& v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+#endif
+
+// silu(x) = x / (1 + exp(-x)) for activations stored in a 16-bit type: exp_u20 and
+// a refined reciprocal estimate instead of the exact exp and division, whose error
+// (about 1e-6 relative) is far below a 16-bit type's rounding step. Below -87 (where
+// exp(-x) would overflow) it returns x * 1.7e-38 instead of a value under 1e-35.
+inline fVec silu_16bit(const fVec& x) {
+  const fVec e = at::vec::minimum(x.neg(), fVec(87.0f)).exp_u20();
+  const fVec d = e + fVec(1.0f);
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 r0 = _mm512_rcp14_ps(d);
+  // One Newton step: r = r0 * (2 - d * r0).
+  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)));
+  return x * fVec(r);
+#else
+  return x / d;
+#endif
 }
 
 // dst[0:n] = float(src[0:n]) * scale; n is a multiple of kVec.
