@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <type_traits>
 #include <unordered_set>
 #include <vector>
 
@@ -75,7 +76,16 @@ void write_float8_rows_as(const at::Tensor& key, const at::Tensor& value, at::Te
         const int64_t dst = (slots[t] * num_heads + h) * hs;
         const T* ks = k + t * key.stride(0) + h * key.stride(1);
         const T* vs = v + t * value.stride(0) + h * value.stride(1);
-        for (int64_t d = 0; d < hs; ++d) {
+        int64_t d = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (!std::is_same_v<T, double>) {
+          for (; d + cpu::kVec <= hs; d += cpu::kVec) {
+            cpu::store_to_cache(kc + dst + d, cpu::load_f32(ks + d));
+            cpu::store_to_cache(vc + dst + d, cpu::load_f32(vs + d));
+          }
+        }
+#endif
+        for (; d < hs; ++d) {
           kc[dst + d] = cpu::to_cache<KV>(static_cast<float>(ks[d]));
           vc[dst + d] = cpu::to_cache<KV>(static_cast<float>(vs[d]));
         }

@@ -34,15 +34,18 @@ def test_attention_over_float8_caches_matches_reference(
 @pytest.mark.parametrize("cache_dtype", FLOAT8)
 @pytest.mark.parametrize("q_len", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# The decode kernels widen float8 in chunks of 64 by table lookup where the CPU
+# has AVX-512 VBMI, and the rest of a head 16 at a time: 16 (no chunk), 64 (one
+# chunk) and 80 (a chunk and a remainder) take every path.
+@pytest.mark.parametrize("head_size", [16, 64, 80])
 def test_every_float8_value_is_read_exactly(
-    cache_dtype: torch.dtype, q_len: int, dtype: torch.dtype
+    cache_dtype: torch.dtype, q_len: int, dtype: torch.dtype, head_size: int
 ) -> None:
     # One key per sequence: the softmax weight is exactly 1 and the output is the
     # value row itself, so every finite byte pattern must come back as torch reads it
     # (every float8 value is a bfloat16 too). q_len 2 (sequences of one prefill chunk
     # each) takes the prefill path: for bfloat16 queries on AMX, the packed tiles.
     values = finite_patterns(cache_dtype)
-    head_size = 16
     rows = -(-values.numel() // head_size)
     padded = torch.zeros(rows * head_size, dtype=torch.float32)
     padded[: values.numel()] = values.float()
@@ -65,6 +68,28 @@ def test_every_float8_value_is_read_exactly(
     )
     expected = value_cache.to(dtype)[: seqs * q_len].view(seqs * q_len, 1, head_size)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("cache_dtype", FLOAT8)
+def test_writes_of_any_float32_match_the_reference_bit_for_bit(cache_dtype: torch.dtype) -> None:
+    # The vectorized write rounds in integer lanes: check it on random bit patterns
+    # of every exponent (subnormals, overflow, infinities and NaN included), on the
+    # float8 values themselves and on the halfway points between neighbours.
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.randint(-(2**31), 2**31, (1 << 16,), generator=gen, dtype=torch.int64)
+    random_bits = raw.to(torch.int32).view(torch.float32)
+    grid = finite_patterns(cache_dtype).float().unique()
+    halfway = (grid[1:] + grid[:-1]) / 2
+    nudged = torch.cat([halfway, torch.nextafter(halfway, grid[1:]), -halfway])
+    values = torch.cat([random_bits, grid, nudged, torch.tensor([float("inf"), -float("inf")])])
+    values = values[: values.numel() // 64 * 64].view(-1, 1, 64)
+    slots = torch.arange(values.size(0))
+    ours = [torch.zeros(values.size(0), 1, 1, 64, dtype=cache_dtype) for _ in range(2)]
+    ref = [torch.zeros_like(ours[0]) for _ in range(2)]
+    ops.reshape_and_cache(values, values, ours[0], ours[1], slots)
+    reference.reshape_and_cache(values, values, ref[0], ref[1], slots)
+    assert torch.equal(ours[0].view(torch.uint8), ref[0].view(torch.uint8))
+    assert torch.equal(ours[1].view(torch.uint8), ref[1].view(torch.uint8))
 
 
 @pytest.mark.parametrize("cache_dtype", FLOAT8)
