@@ -95,11 +95,77 @@ inline uint32_t element_bits(const KV* row, int64_t d) {
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// Whether rows of this cache type load as bfloat16 vectors (row_bf16x64 below):
+// bfloat16 rows, and float8 rows where the lookup tables of float8_rows.h exist.
+template <typename KV>
+inline constexpr bool kVectorRows =
+    std::is_same_v<KV, at::BFloat16> || (kFloat8Tables && is_float8_v<KV>);
+
+// Elements d .. d + 63 of a cache row as bfloat16, in natural order: `first` holds
+// 0..31, `second` 32..63. (A float8 chunk comes out of the lookup with lane L
+// holding elements 16 L + 0..7 in `lo` and 16 L + 8..15 in `hi`; two permutes of
+// 128-bit halves put them back in order.)
+template <typename KV>
+inline void row_bf16x64(const KV* row, const void* tables, __m512i& first, __m512i& second) {
+  if constexpr (std::is_same_v<KV, at::BFloat16>) {
+    first = _mm512_loadu_si512(row);
+    second = _mm512_loadu_si512(row + 32);
+  } else {
+#ifdef CORRAL_FLOAT8_TABLES
+    __m512i lo, hi;
+    widen_chunk_bf16(row, *static_cast<const Float8Tables*>(tables), lo, hi);
+    first = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi);
+    second = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi);
+#endif
+  }
+}
+
+// The lookup tables row_bf16x64 needs for KV (unused for bfloat16).
+template <typename KV>
+inline auto float8_tables_for() {
+#ifdef CORRAL_FLOAT8_TABLES
+  if constexpr (is_float8_v<KV>) {
+    return float8_tables<KV>();
+  } else {
+    return Float8Tables{};
+  }
+#else
+  return 0;
+#endif
+}
+#endif
+
 // Packs keys [c0, c0 + n) as K^T in column blocks of 64 keys; keys past n are zero.
 // A float8 cache is widened to bfloat16 on the way (exactly).
 template <typename KV>
 void pack_keys(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out) {
   const int64_t words = view.head_size / 2;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (kVectorRows<KV>) {
+    if (view.head_size % 64 == 0) {
+      // Each key's words scatter down a column of the block (stride 64 words).
+      [[maybe_unused]] const auto tables = float8_tables_for<KV>();
+      const __m512i column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                  10, 11, 12, 13, 14, 15),
+                                                _mm512_set1_epi32(kAmxColumns));
+      for (int64_t j = 0; j < kAmxKeyChunk; ++j) {
+        uint32_t* dst = out + (j / kAmxColumns) * words * kAmxColumns + j % kAmxColumns;
+        const KV* src = j < n ? view.key_row(c0 + j) : nullptr;
+        for (int64_t d = 0; d < view.head_size; d += 64) {
+          __m512i first = _mm512_setzero_si512(), second = _mm512_setzero_si512();
+          if (src != nullptr) {
+            row_bf16x64(src + d, &tables, first, second);
+          }
+          uint32_t* col = dst + (d / 2) * kAmxColumns;
+          _mm512_i32scatter_epi32(col, column, first, 4);
+          _mm512_i32scatter_epi32(col + 16 * kAmxColumns, column, second, 4);
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t j = 0; j < kAmxKeyChunk; ++j) {
     uint32_t* dst = out + (j / kAmxColumns) * words * kAmxColumns + j % kAmxColumns;
     if (j < n) {
@@ -120,6 +186,38 @@ void pack_keys(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out) 
 template <typename KV>
 void pack_values(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out) {
   const int64_t hs = view.head_size;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (kVectorRows<KV>) {
+    if (hs % 64 == 0) {
+      // Two rows' elements interleave in 16-bit pairs (within 128-bit lanes), and
+      // two permutes of 64-bit pieces restore the order of the dims.
+      [[maybe_unused]] const auto tables = float8_tables_for<KV>();
+      const __m512i first_half = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+      const __m512i second_half = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+      for (int64_t j = 0; j < kAmxKeyChunk; j += 2) {
+        const KV* a = j < n ? view.value_row(c0 + j) : nullptr;
+        const KV* b = j + 1 < n ? view.value_row(c0 + j + 1) : nullptr;
+        for (int64_t d0 = 0; d0 < hs; d0 += kAmxColumns) {
+          __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
+          if (a != nullptr) {
+            row_bf16x64(a + d0, &tables, a0, a1);
+          }
+          if (b != nullptr) {
+            row_bf16x64(b + d0, &tables, b0, b1);
+          }
+          uint32_t* dst = out + d0 * kAmxKeyChunk / 2 + (j / 2) * kAmxColumns;
+          const __m512i lo0 = _mm512_unpacklo_epi16(a0, b0), hi0 = _mm512_unpackhi_epi16(a0, b0);
+          const __m512i lo1 = _mm512_unpacklo_epi16(a1, b1), hi1 = _mm512_unpackhi_epi16(a1, b1);
+          _mm512_storeu_si512(dst, _mm512_permutex2var_epi64(lo0, first_half, hi0));
+          _mm512_storeu_si512(dst + 16, _mm512_permutex2var_epi64(lo0, second_half, hi0));
+          _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi64(lo1, first_half, hi1));
+          _mm512_storeu_si512(dst + 48, _mm512_permutex2var_epi64(lo1, second_half, hi1));
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t j = 0; j < kAmxKeyChunk; j += 2) {
     const KV* a = j < n ? view.value_row(c0 + j) : nullptr;
     const KV* b = j + 1 < n ? view.value_row(c0 + j + 1) : nullptr;
@@ -132,6 +230,58 @@ void pack_values(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out
         dst[d] = lo | (hi << 16);
       }
     }
+  }
+}
+
+// One row of a chunk's scores: keys [lo, hi) of the chunk's kAmxKeyChunk are
+// visible. Folds them (times `scale`) into the row's running max and sum, rescales
+// its output row when the max grows, and writes the bfloat16 probabilities (zero
+// outside [lo, hi)). Two passes over the scores: max, then exp, sum and store.
+inline void softmax_chunk_row(const float* scores, int64_t lo, int64_t hi, float scale,
+                              at::BFloat16* probs, float& max, float& sum, float* acc,
+                              int64_t head_size) {
+  constexpr int64_t C = kAmxKeyChunk;
+#if !defined(CPU_CAPABILITY_AVX512)
+  // (An AVX2 build on an AMX machine: the same steps in separate passes.)
+  std::vector<float> row(scores, scores + C);
+  std::fill(row.begin(), row.begin() + lo, 0.0f);
+  std::fill(row.begin() + hi, row.end(), 0.0f);
+  scale_row(row.data(), C, scale);
+  const float new_max = std::max(max, max_of(row.data() + lo, hi - lo));
+  const float rescale = std::exp(max - new_max);
+  sum = sum * rescale + exp_shift_sum(row.data() + lo, hi - lo, new_max);
+  max = new_max;
+  store_row(probs, row.data(), C, 1.0f);
+#else
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i lo_v = _mm512_set1_epi32(static_cast<int>(lo));
+  const __m512i hi_v = _mm512_set1_epi32(static_cast<int>(hi));
+  const auto visible = [&](int64_t d) {
+    const __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(d)));
+    return static_cast<__mmask16>(_mm512_cmpge_epi32_mask(idx, lo_v) &
+                                  _mm512_cmplt_epi32_mask(idx, hi_v));
+  };
+  const __m512 sc = _mm512_set1_ps(scale);
+  __m512 mv = _mm512_set1_ps(kNegInf);
+  for (int64_t d = 0; d < C; d += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(scores + d), sc);
+    mv = _mm512_mask_max_ps(mv, visible(d), mv, v);
+  }
+  const float new_max = std::max(max, _mm512_reduce_max_ps(mv));
+  const float rescale = std::exp(max - new_max);
+  const fVec shift(new_max);
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t d = 0; d < C; d += 16) {
+    const fVec v(_mm512_mul_ps(_mm512_loadu_ps(scores + d), sc));
+    const __m512 e = _mm512_maskz_mov_ps(visible(d), (v - shift).exp_u20());
+    total = _mm512_add_ps(total, e);
+    store_f32(probs + d, fVec(e));
+  }
+  sum = sum * rescale + _mm512_reduce_add_ps(total);
+  max = new_max;
+#endif
+  if (rescale != 1.0f) {
+    scale_row(acc, head_size, rescale);
   }
 }
 
@@ -166,7 +316,6 @@ void prefill_attend_amx(const PagedView<KV>& view, int64_t group, int64_t num_to
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pos = first_pos + r / group;
-      float* row = s.scores.data() + r * C;
       const int64_t hi = std::clamp<int64_t>(pos + 1 - c0, 0, n);
       const int64_t lo =
           window > 0 ? std::clamp<int64_t>(pos - window + 1 - c0, 0, hi) : int64_t{0};
@@ -175,19 +324,9 @@ void prefill_attend_amx(const PagedView<KV>& view, int64_t group, int64_t num_to
         std::fill(p, p + C, at::BFloat16(0.0f));
         continue;
       }
-      // Zero (masked) entries stay zero through the scale and become zero
-      // probabilities; the zero keys past n are masked too (hi <= n).
-      std::fill(row, row + lo, 0.0f);
-      std::fill(row + hi, row + C, 0.0f);
-      scale_row(row, C, scale);
-      const float new_max = std::max(s.max[r], max_of(row + lo, hi - lo));
-      const float rescale = std::exp(s.max[r] - new_max);
-      s.sum[r] = s.sum[r] * rescale + exp_shift_sum(row + lo, hi - lo, new_max);
-      s.max[r] = new_max;
-      if (rescale != 1.0f) {
-        scale_row(s.acc.data() + r * hs, hs, rescale);
-      }
-      store_row(p, row, C, 1.0f);
+      // The zero keys past n are masked too (hi <= n).
+      softmax_chunk_row(s.scores.data() + r * C, lo, hi, scale, p, s.max[r], s.sum[r],
+                        s.acc.data() + r * hs, hs);
     }
     // acc[rows, hs] += P[rows, C] V[C, hs], one block of up to 64 dims at a time.
     pack_values(view, c0, n, s.values.data());
