@@ -109,7 +109,7 @@ class LlamaAttention(nn.Module):
             q = self.q_norm(q)
             k = self.k_norm(k)
         rope(q, k)
-        return self.o_proj(self.attn(q, k, v.contiguous(), kv_cache, metadata))
+        return self.o_proj(self.attn(q, k, v, kv_cache, metadata))
 
 
 class LlamaMLP(nn.Module):
