@@ -3,8 +3,6 @@ machine running the tests is not the one to judge speed)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "distributed.py"
+from tests.distributed.bench_helpers import load_benchmark
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -20,17 +18,9 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 @pytest.fixture
 def bench() -> Iterator[ModuleType]:
     threads = torch.get_num_threads()
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_distributed", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-        # The in-process row sets torch's threads for this process.
-        torch.set_num_threads(threads)
+    yield load_benchmark("distributed")
+    # The in-process row sets torch's threads for this process.
+    torch.set_num_threads(threads)
 
 
 def test_rows_sum_their_repeats_and_ratios_pair_them(bench: ModuleType, tmp_path: Path) -> None:
