@@ -16,18 +16,23 @@ machine's CPUs:
 
 Other rows go in `SYSTEMS`, keyed by name.
 Wall time covers the requests only: loading, actor start-up and one warm-up request
-per engine (replica) are excluded. Ray starts locally, sized to this process's CPUs.
+per engine (replica) are excluded. With ``--repeats N`` each row times N workloads
+of fresh prompts (seeds seed .. seed + N - 1) on the same engine and reports their
+sum; a ratio between rows is the median of the N ratios on the same workload (a row
+of a few seconds moves by 5 to 10 % between runs on a shared 2-core machine). Ray starts locally, sized to this process's CPUs.
 Prints one JSON object (and writes it to ``--out``).
 
-    python benchmarks/distributed.py [--quick] [--tiny] [--out F]
+    python benchmarks/distributed.py [--quick] [--tiny] [--repeats N] [--out F]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,16 +60,17 @@ TARGETS = {
 
 
 async def run_workload(
-    engine_args: dict[str, Any], prompts: list[list[int]], output_len: int
+    engine_args: dict[str, Any], workloads: list[list[list[int]]], output_len: int
 ) -> dict[str, Any]:
-    """Open an engine with ``engine_args``, warm it up, time the workload on it."""
+    """Open an engine with ``engine_args``, warm it up, time each workload on it in
+    turn; report them all together, and each under ``repeats``."""
     from corral.engine import open_engine
     from corral.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
-    generated = [0] * len(prompts)
 
     async with open_engine(disable_log_stats=True, log_requests=False, **engine_args) as engine:
+        generated: list[int] = []
 
         async def one(i: int, prompt: list[int], max_tokens: int) -> None:
             warm = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
@@ -79,16 +85,25 @@ async def run_workload(
         async with anyio.create_task_group() as tg:
             for r in range(engine_args.get("data_parallel_size", 1)):
                 tg.start_soon(one, -1, [3 + r] * 40, 2)
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i, prompt in enumerate(prompts):
-                tg.start_soon(one, i, prompt, params.max_tokens or output_len)
-        elapsed = time.perf_counter() - start
+        repeats = []
+        for prompts in workloads:
+            generated[:] = [0] * len(prompts)
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i, prompt in enumerate(prompts):
+                    tg.start_soon(one, i, prompt, params.max_tokens or output_len)
+            elapsed = time.perf_counter() - start
+            repeats.append(throughput._rates(elapsed, sum(map(len, prompts)), sum(generated)))
+        # Summed over the repeats (and the warm-up requests).
         per_replica = {
             name: stats.num_generation_tokens for name, stats in engine.replica_stats().items()
         }
-    out = throughput._rates(elapsed, sum(map(len, prompts)), sum(generated))
-    return out | {"generation_tokens_per_replica": per_replica}
+    out = throughput._rates(
+        sum(r["elapsed_s"] for r in repeats),
+        sum(map(len, itertools.chain.from_iterable(workloads))),
+        sum(r["output_tokens"] for r in repeats),
+    )
+    return out | {"repeats": repeats, "generation_tokens_per_replica": per_replica}
 
 
 def in_process(folder: Path, common: dict[str, Any]) -> dict[str, Any]:
@@ -121,10 +136,16 @@ SYSTEMS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
 
 
 def _ratio(result: dict[str, Any], num: str, den: str) -> float | None:
+    """The median over the repeats of the two rows' throughput ratio on the same
+    workload (the workloads' prompt lengths differ, hence their speeds)."""
     a, b = result["systems"].get(num, {}), result["systems"].get(den, {})
     if a.get("status") != "ok" or b.get("status") != "ok":
         return None
-    return round(a["output_tokens_per_s"] / b["output_tokens_per_s"], 3)
+    ratios = [
+        x["output_tokens_per_s"] / y["output_tokens_per_s"]
+        for x, y in zip(a["repeats"], b["repeats"], strict=True)
+    ]
+    return round(statistics.median(ratios), 3)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -136,6 +157,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time the workload this many times per row, on fresh prompts each time (seeds "
+        "seed, seed + 1, ...: nothing in the prefix cache); ratios are medians over them",
+    )
+    parser.add_argument(
         "--dtype",
         default="float32",
         help="engine dtype of every row (float32 by default, as in the earlier runs; "
@@ -146,7 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     requests = args.requests or (32 if args.quick else 128)
     output_len = args.output_len or (32 if args.quick else 128)
     shape = throughput.TINY_MODEL if args.tiny else throughput.STANDARD_MODEL
-    prompts = throughput.workload(requests, shape["vocab_size"], 32, 512, args.seed)
+    workloads = [
+        throughput.workload(requests, shape["vocab_size"], 32, 512, args.seed + repeat)
+        for repeat in range(args.repeats)
+    ]
+    prompts = workloads[0]
     common = {
         "dtype": args.dtype,
         "max_model_len": throughput.MAX_MODEL_LEN,
@@ -164,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "requests": requests,
             "output_len": output_len,
             "prompt_tokens": sum(map(len, prompts)),
+            "repeats": args.repeats,
             "cpus_of_this_process": len(os.sched_getaffinity(0)),
         },
         "machine": throughput.machine_info(),
@@ -174,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         throughput.build_model(folder, shape, args.seed)
         for name in args.systems:
             engine_args = SYSTEMS[name](folder, common)
-            run = functools.partial(anyio.run, run_workload, engine_args, prompts, output_len)
+            run = functools.partial(anyio.run, run_workload, engine_args, workloads, output_len)
             result["systems"][name] = throughput._guarded(name, run)
     result["ratios"] = {
         "engine_use_ray_over_in_process": _ratio(result, "engine_use_ray_2t", "in_process_2t"),

@@ -32,6 +32,8 @@ from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.stats import EngineStats
 
+from .output_deltas import OutputDecoder, OutputEncoder, RequestDelta
+
 # What builds a core in the actor: the core alone, or the core with the tokenizer
 # and model config the front door needs (what `build_engine_core` returns).
 CoreFactory = Callable[[], "EngineCore | tuple[EngineCore, Any, Any]"]
@@ -70,6 +72,7 @@ class EngineCoreActor:
 
     def __init__(self, factory: CoreFactory) -> None:
         self._forever = threading.Event()
+        self._encoder = OutputEncoder()
         built = factory()
         if isinstance(built, tuple):
             self.core, self._tokenizer, self._model_config = built
@@ -95,17 +98,19 @@ class EngineCoreActor:
 
     def step(
         self, adds: list[AddCommand], aborts: list[str], unpins: list[int]
-    ) -> tuple[list[RequestOutput], EngineStats]:
+    ) -> tuple[list[RequestDelta], EngineStats]:
         """Apply a step boundary's commands, run one step if there is work, and
-        return its outputs with the statistics after it."""
-        core = self.core
+        return its outputs (as deltas, see `output_deltas`) with the statistics
+        after it."""
+        core, encoder = self.core, self._encoder
         for request_id, token_ids, params, prompt, arrival_time, prefix_pos, lora in adds:
             core.add_request(request_id, token_ids, params, prompt, arrival_time, prefix_pos, lora)
+            encoder.add(request_id, params.use_beam_search)
         if aborts:
             core.abort_request(aborts)
         self._unpin(unpins)
         outputs = core.step() if core.has_unfinished_requests() else []
-        return outputs, core.stats()
+        return encoder.encode(outputs), core.stats()
 
     def prepare_structured(self, params: SamplingParams) -> None:
         """Compile ``params``' structured outputs into the runner's grammar cache.
@@ -171,9 +176,9 @@ class RemoteCore:
         self._adds: list[AddCommand] = []
         self._aborts: list[str] = []
         self.lora = RemoteLoRA(self) if self.config.max_loras else None
-        # Ids the actor's core holds (or will once the queued adds travel), until
-        # their final output comes back.
-        self._unfinished: set[str] = set()
+        # Holds the requests the actor's core holds (or will once the queued adds
+        # travel), until their final output comes back.
+        self._decoder = OutputDecoder()
         self._watch = actor.watch.options(concurrency_group="watch").remote()
 
     def add_request(
@@ -187,7 +192,7 @@ class RemoteCore:
         lora_int_id: int = 0,
     ) -> None:
         """Queue an add for the next step; raises what `EngineCore.add_request` raises."""
-        if request_id in self._unfinished:
+        if request_id in self._decoder:
             raise ValueError(f"request_id {request_id!r} is already in use by a live request")
         if lora_int_id and self.lora is None:
             raise ValueError(
@@ -202,14 +207,14 @@ class RemoteCore:
         self._adds.append(
             (request_id, token_ids, params, prompt, arrival_time, prefix_pos, lora_int_id)
         )
-        self._unfinished.add(request_id)
+        self._decoder.add(request_id, prompt, token_ids)
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
         ids = (request_id,) if isinstance(request_id, str) else request_id
-        self._aborts.extend(rid for rid in ids if rid in self._unfinished)
+        self._aborts.extend(rid for rid in ids if rid in self._decoder)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._unfinished)
+        return bool(self._decoder)
 
     def stats(self) -> EngineStats:
         """The statistics as of the last step (nothing is asked of the actor)."""
@@ -226,12 +231,9 @@ class RemoteCore:
         adds, aborts = self._adds, self._aborts
         self._adds, self._aborts = [], []
         unpins = self.lora.take_unpins() if self.lora is not None else []
-        outputs, stats = self.call(self.actor.step, adds, aborts, unpins)
+        deltas, stats = self.call(self.actor.step, adds, aborts, unpins)
         self._stats = stats
-        for output in outputs:
-            if output.finished:
-                self._unfinished.discard(output.request_id)
-        return list(outputs)
+        return self._decoder.decode(deltas)
 
     def prepare_structured(self, params: SamplingParams) -> None:
         """Compile ``params``' structured outputs in the actor, where its steps will

@@ -3,28 +3,13 @@ the machine running the tests is not the one to judge speed)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-SCRIPT = Path(__file__).parents[3] / "benchmarks" / "distributed_tp.py"
-
-
-def load_script() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_distributed_tp", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+from tests.distributed.bench_helpers import load_benchmark
 
 
 def test_rows_report_both_systems_and_the_collectives(tmp_path: Path) -> None:
-    bench = load_script()
+    bench = load_benchmark("distributed_tp")
     folder = tmp_path / "model"
     bench.build_model(folder, bench.TINY_MODEL, seed=0)
     prompts = bench.workload(4, bench.TINY_MODEL["vocab_size"], 8, 40, seed=0)
