@@ -49,34 +49,32 @@ inline int64_t chunk_slot(int64_t n) {
   return 16 * (2 * h + e) + 4 * lane + d;
 }
 
-// rows x head_size floats, natural order -> chunk order (full chunks only), in place.
-inline void to_chunk_order(float* rows_data, int64_t rows, int64_t head_size) {
+// Moves the full chunks of rows x head_size floats, in place, from natural order
+// to chunk order (to_chunk = true) or back.
+inline void reorder_chunks(float* rows_data, int64_t rows, int64_t head_size, bool to_chunk) {
   const int64_t full = head_size - head_size % kFloat8Chunk;
   float tmp[kFloat8Chunk];
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < full; c += kFloat8Chunk) {
       float* chunk = rows_data + r * head_size + c;
       for (int64_t n = 0; n < kFloat8Chunk; ++n) {
-        tmp[chunk_slot(n)] = chunk[n];
+        if (to_chunk) {
+          tmp[chunk_slot(n)] = chunk[n];
+        } else {
+          tmp[n] = chunk[chunk_slot(n)];
+        }
       }
       std::memcpy(chunk, tmp, sizeof(tmp));
     }
   }
 }
 
-// The inverse of to_chunk_order.
+inline void to_chunk_order(float* rows_data, int64_t rows, int64_t head_size) {
+  reorder_chunks(rows_data, rows, head_size, true);
+}
+
 inline void from_chunk_order(float* rows_data, int64_t rows, int64_t head_size) {
-  const int64_t full = head_size - head_size % kFloat8Chunk;
-  float tmp[kFloat8Chunk];
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < full; c += kFloat8Chunk) {
-      float* chunk = rows_data + r * head_size + c;
-      for (int64_t n = 0; n < kFloat8Chunk; ++n) {
-        tmp[n] = chunk[chunk_slot(n)];
-      }
-      std::memcpy(chunk, tmp, sizeof(tmp));
-    }
-  }
+  reorder_chunks(rows_data, rows, head_size, false);
 }
 
 #ifdef CORRAL_FLOAT8_TABLES
