@@ -101,8 +101,8 @@ class _ModelProxy:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._probe.run("forward", self._model, *args, **kwargs)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._probe.run("logits", self._model.compute_logits, hidden)
+    def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
+        return self._probe.run("logits", self._model.compute_logits, hidden, float32)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)

@@ -41,6 +41,7 @@ TORCH_LIBRARY(corral, m) {
       "Tensor cos_sin_cache, bool is_neox) -> ()");
   // out[r] = log_softmax(logits[r])[token_ids[r]] without the [rows, vocab] log_softmax.
   m.def("token_logprobs(Tensor(a!) out, Tensor logits, Tensor token_ids) -> ()");
+  m.def("greedy_sample(Tensor(a!) token_ids, Tensor(b!) logprobs, Tensor logits) -> ()");
   // Multi-LoRA delta of one linear layer: out[t] += x[t] @ A[s]^T @ B[s] per output slice,
   // with s = token_slots[t] (-1: no adapter). lora_a [max_loras, num_slices * max_rank,
   // in_features], lora_b [max_loras, max_rank, out_features] (scaling folded in).

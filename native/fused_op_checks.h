@@ -170,6 +170,32 @@ void check_token_logprobs_args(const at::Tensor& out, const at::Tensor& logits, 
               ": out must be a contiguous [rows] = [", rows, "], got ", out.sizes());
 }
 
+template <typename OnDevice>
+void check_greedy_sample_args(const at::Tensor& token_ids, const at::Tensor& logprobs,
+                              const at::Tensor& logits, const char* op, OnDevice&& on_device) {
+  on_device(logits, "logits");
+  on_device(token_ids, "token_ids");
+  on_device(logprobs, "logprobs");
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+              ": logits must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0, op,
+              ": logits must be [rows, vocab] with vocab > 0, got ", logits.sizes());
+  // (Indices travel as float32 through the CUDA kernel's reductions.)
+  TORCH_CHECK(logits.size(1) <= (int64_t{1} << 24), op, ": vocab ", logits.size(1),
+              " is over 2^24");
+  TORCH_CHECK(logits.stride(1) == 1, op, ": logits must be contiguous in the vocab dimension");
+  const int64_t rows = logits.size(0);
+  TORCH_CHECK(token_ids.scalar_type() == at::kLong && token_ids.dim() == 1 &&
+                  token_ids.size(0) == rows && token_ids.is_contiguous(),
+              op, ": token_ids must be a contiguous int64 [rows] = [", rows, "], got ",
+              token_ids.scalar_type(), " ", token_ids.sizes());
+  TORCH_CHECK(logprobs.scalar_type() == at::kFloat && logprobs.dim() == 1 &&
+                  logprobs.size(0) == rows && logprobs.is_contiguous(),
+              op, ": logprobs must be a contiguous float32 [rows] = [", rows, "], got ",
+              logprobs.scalar_type(), " ", logprobs.sizes());
+}
+
 // `token_ids` is a contiguous int64 CPU tensor (the caller's host copy).
 inline void check_token_ids(const at::Tensor& token_ids, int64_t rows, int64_t vocab,
                             const char* op) {

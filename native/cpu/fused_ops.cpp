@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -360,6 +361,75 @@ void token_logprobs(at::Tensor& out, const at::Tensor& logits, const at::Tensor&
   });
 }
 
+// Greedy rows: token_ids[r] = the first index of the row's maximum (the first NaN
+// if there is one, as torch.max), logprobs[r] = its log-probability, computed as
+// token_logprobs computes it. Two passes over a row: the max, then the first index
+// holding it and the sum of exponentials.
+void greedy_sample(at::Tensor& token_ids, at::Tensor& logprobs, const at::Tensor& logits) {
+  constexpr const char* op = "greedy_sample";
+  fused_checks::check_greedy_sample_args(token_ids, logprobs, logits, op, on_cpu(op));
+  const int64_t rows = logits.size(0);
+  const int64_t vocab = logits.size(1);
+  const int64_t stride = logits.stride(0);
+  int64_t* ids = token_ids.data_ptr<int64_t>();
+  float* lp = logprobs.data_ptr<float>();
+  dispatch_float_types(logits.scalar_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = logits.const_data_ptr<T>();
+    at::parallel_for(0, rows, grain_for(vocab), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* row = x + r * stride;
+        fVec vmax(cpu::kNegInf);
+        int64_t i = 0;
+        for (; i + kVec <= vocab; i += kVec) {
+          vmax = at::vec::maximum(vmax, load_f32(row + i));  // propagates NaN
+        }
+        float m = at::vec::vec_reduce_all<float>(
+            [](const fVec& a, const fVec& b) { return at::vec::maximum(a, b); }, vmax);
+        for (; i < vocab; ++i) {
+          const float v = static_cast<float>(row[i]);
+          m = std::isnan(v) || std::isnan(m) ? std::numeric_limits<float>::quiet_NaN()
+                                              : std::max(m, v);
+        }
+        if (std::isnan(m)) {
+          int64_t first = 0;
+          while (!std::isnan(static_cast<float>(row[first]))) {
+            ++first;
+          }
+          ids[r] = first;
+          lp[r] = m;
+          continue;
+        }
+        const fVec vm(m);
+        fVec acc(0.0f);
+        int64_t found = -1;
+        i = 0;
+        for (; i + kVec <= vocab; i += kVec) {
+          const fVec v = load_f32(row + i);
+          if (found < 0) {
+            // zero_mask: a bit for each lane that is zero, i.e. equal to the max.
+            const int equal = (v != vm).zero_mask();
+            if (equal != 0) {
+              found = i + __builtin_ctz(static_cast<unsigned>(equal));
+            }
+          }
+          acc = acc + (v - vm).exp();
+        }
+        float sum = acc.reduce_add();
+        for (; i < vocab; ++i) {
+          const float v = static_cast<float>(row[i]);
+          if (found < 0 && v == m) {
+            found = i;
+          }
+          sum += std::exp(v - m);
+        }
+        ids[r] = found;
+        lp[r] = -std::log(sum);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(corral, CPU, m) {
@@ -369,6 +439,7 @@ TORCH_LIBRARY_IMPL(corral, CPU, m) {
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("rotary_embedding", &rotary_embedding);
   m.impl("token_logprobs", &token_logprobs);
+  m.impl("greedy_sample", &greedy_sample);
 }
 
 }  // namespace corral

@@ -186,6 +186,21 @@ void token_logprobs(at::Tensor& out, const at::Tensor& logits, const at::Tensor&
                                        logits.stride(0), stream_of(logits)));
 }
 
+void greedy_sample(at::Tensor& token_ids, at::Tensor& logprobs, const at::Tensor& logits) {
+  constexpr const char* op = "greedy_sample";
+  fused_checks::check_greedy_sample_args(token_ids, logprobs, logits, op,
+                                         on_cuda(op, logits, "logits"));
+  const int64_t rows = logits.size(0);
+  if (rows == 0) {
+    return;
+  }
+  const c10::cuda::CUDAGuard guard(logits.device());
+  C10_CUDA_CHECK(launch_greedy_sample(fused_dtype(logits, op, "logits"),
+                                      token_ids.data_ptr<int64_t>(), logprobs.data_ptr<float>(),
+                                      logits.data_ptr(), rows, logits.size(1), logits.stride(0),
+                                      stream_of(logits)));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(corral, CUDA, m) {
@@ -195,6 +210,7 @@ TORCH_LIBRARY_IMPL(corral, CUDA, m) {
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("rotary_embedding", &rotary_embedding);
   m.impl("token_logprobs", &token_logprobs);
+  m.impl("greedy_sample", &greedy_sample);
 }
 
 }  // namespace corral::cuda

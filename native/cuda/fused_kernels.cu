@@ -177,6 +177,48 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// greedy_sample: the first index of the row's maximum (the first NaN if any) and its
+// log-probability. Indices go through the float reductions (vocab <= 2^24, checked).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    greedy_sample_kernel(int64_t* token_ids, float* logprobs, const T* logits, int64_t vocab,
+                         int64_t row_stride) {
+  const T* row = logits + blockIdx.x * row_stride;
+  float m = -INFINITY;
+  float first_nan = -static_cast<float>(vocab);  // max of -index: the smallest index
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const float v = to_float(row[i]);
+    if (isnan(v)) {
+      first_nan = fmaxf(first_nan, -static_cast<float>(i));
+    }
+    m = fmaxf(m, v);
+  }
+  first_nan = block_max(first_nan);
+  if (first_nan > -static_cast<float>(vocab)) {
+    if (threadIdx.x == 0) {
+      token_ids[blockIdx.x] = static_cast<int64_t>(-first_nan);
+      logprobs[blockIdx.x] = NAN;
+    }
+    return;
+  }
+  m = block_max(m);
+  float first = -static_cast<float>(vocab);
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const float v = to_float(row[i]);
+    if (v == m) {
+      first = fmaxf(first, -static_cast<float>(i));
+    }
+    sum += expf(v - m);
+  }
+  first = block_max(first);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    token_ids[blockIdx.x] = static_cast<int64_t>(-first);
+    logprobs[blockIdx.x] = -logf(sum);
+  }
+}
+
 template <typename Fn>
 cudaError_t with_type(FusedDtype dtype, Fn&& fn) {
   switch (dtype) {
@@ -264,6 +306,17 @@ cudaError_t launch_token_logprobs(float* out, const float* logits, const int64_t
   token_logprobs_kernel<<<grid_of(rows), kThreads, 0, stream>>>(out, logits, token_ids, vocab,
                                                                 row_stride);
   return cudaGetLastError();
+}
+
+cudaError_t launch_greedy_sample(FusedDtype dtype, int64_t* token_ids, float* logprobs,
+                                 const void* logits, int64_t rows, int64_t vocab,
+                                 int64_t row_stride, cudaStream_t stream) {
+  return with_type(dtype, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    greedy_sample_kernel<T><<<grid_of(rows), kThreads, 0, stream>>>(
+        token_ids, logprobs, static_cast<const T*>(logits), vocab, row_stride);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace corral::cuda

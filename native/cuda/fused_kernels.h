@@ -62,4 +62,10 @@ cudaError_t launch_token_logprobs(float* out, const float* logits, const int64_t
                                   int64_t rows, int64_t vocab, int64_t row_stride,
                                   cudaStream_t stream);
 
+// greedy_sample: token_ids[r] = the first index of the maximum of row r (the first
+// NaN if any), logprobs[r] = its log-probability; logits [rows, vocab] of dtype.
+cudaError_t launch_greedy_sample(FusedDtype dtype, int64_t* token_ids, float* logprobs,
+                                 const void* logits, int64_t rows, int64_t vocab,
+                                 int64_t row_stride, cudaStream_t stream);
+
 }  // namespace corral::cuda

@@ -273,6 +273,45 @@ def test_token_logprobs_match_log_softmax(
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    vocab=st.one_of(st.integers(1, 300), st.sampled_from([1000, 32000])),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    ties=st.booleans(),
+    nan_at=st.none() | st.integers(0, 299),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_greedy_sample_matches_max_and_log_softmax(
+    device: str,
+    rows: int,
+    vocab: int,
+    dtype: torch.dtype,
+    ties: bool,
+    nan_at: int | None,
+    seed: int,
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(rows, vocab + 3, generator=gen) * 4)[:, :vocab]
+    if ties:
+        # Few distinct values: the maximum repeats, and the first one must win.
+        logits = logits.round().clamp(-2, 2)
+    if nan_at is not None:
+        logits[-1, nan_at % vocab] = float("nan")
+    logits = logits.to(dtype).to(device)
+    token_ids = torch.full((rows,), -1, dtype=torch.int64, device=device)
+    logprobs = torch.full((rows,), 7.0, device=device)
+    expected_ids = torch.empty_like(token_ids)
+    expected = torch.empty_like(logprobs)
+
+    ops.greedy_sample(token_ids, logprobs, logits)
+    reference.greedy_sample(expected_ids, expected, logits)
+
+    assert torch.equal(token_ids, expected_ids)
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
 def _norm_args() -> dict:
     return {
         "out": torch.empty(3, 8),
@@ -410,6 +449,20 @@ BAD_CALLS: list[tuple[str, Callable[[], None], str]] = [
             torch.empty(2), torch.randn(2, 5, dtype=torch.bfloat16), torch.tensor([0, 1])
         ),
         "logits and out must be float32",
+    ),
+    (
+        "greedy_sample int32 token ids",
+        lambda: ops.greedy_sample(
+            torch.empty(2, dtype=torch.int32), torch.empty(2), torch.randn(2, 5)
+        ),
+        r"token_ids must be a contiguous int64 \[rows\] = \[2\]",
+    ),
+    (
+        "greedy_sample rows",
+        lambda: ops.greedy_sample(
+            torch.empty(2, dtype=torch.int64), torch.empty(3), torch.randn(2, 5)
+        ),
+        r"logprobs must be a contiguous float32 \[rows\] = \[2\]",
     ),
     (
         "token_logprobs rows",

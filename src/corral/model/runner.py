@@ -41,7 +41,8 @@ class ForwardStep:
 
 @torch.inference_mode()
 def run_forward(model: nn.Module, kv_cache: PagedKVCache, step: ForwardStep) -> torch.Tensor | None:
-    """Move the step's blocks, run the forward pass and return the logits of its rows.
+    """Move the step's blocks, run the forward pass and return the logits of its rows,
+    in the model's dtype (the sampler and the prompt logprobs widen what they need).
 
     Returns None when the step computes no logits, and on every tensor-parallel rank
     but the first (the others only take part in the collectives).
@@ -55,7 +56,7 @@ def run_forward(model: nn.Module, kv_cache: PagedKVCache, step: ForwardStep) -> 
     if not step.logit_rows:
         return None
     rows = torch.tensor(step.logit_rows, device=hidden.device)
-    return model.compute_logits(hidden[rows])  # type: ignore[operator, no-any-return]
+    return model.compute_logits(hidden[rows], float32=False)  # type: ignore[operator, no-any-return]
 
 
 class TorchModelRunner:
@@ -134,7 +135,9 @@ class TorchModelRunner:
             output.top_logprobs = sampled.top_logprobs
             output.beam_candidates = sampled.beam_candidates
         if model_input.prompt_spans:
-            output.prompt_logprobs = self._prompt_logprobs(logits[num_sampled:], model_input)
+            output.prompt_logprobs = self._prompt_logprobs(
+                logits[num_sampled:].float(), model_input
+            )
         return output
 
     def begin_step(self, step: ForwardStep) -> None:

@@ -35,6 +35,24 @@ def first_argmax(values: torch.Tensor) -> torch.Tensor:
     return torch.max(values, dim=-1).indices
 
 
+def _plain_greedy(row: SampleRow) -> bool:
+    """Whether a row's token is the argmax of its raw logits, with no logprobs asked."""
+    p = row.params
+    return (
+        p.greedy
+        and p.logprobs is None
+        and not p.use_beam_search
+        and not p.logit_bias
+        and p.allowed_token_ids is None
+        and not p.bad_words_token_ids
+        and not p.logits_processors
+        and p.repetition_penalty == 1.0
+        and p.frequency_penalty == 0.0
+        and p.presence_penalty == 0.0
+        and len(row.output_ids) >= p.min_tokens
+    )
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -120,7 +138,22 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> SamplerOutput:
-        """Draw one token per row of ``logits`` [rows, vocab] (float32)."""
+        """Draw one token per row of ``logits`` [rows, vocab] (float32 or the model's dtype).
+
+        A batch of plain greedy rows (no logprobs, processors, penalties, biases or
+        pending ``min_tokens``) takes one fused pass over the logits as they are
+        (`corral.ops.greedy_sample`); any other batch is widened to float32 first.
+        """
+        if all(_plain_greedy(row) for row in rows):
+            token_ids = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
+            chosen = torch.empty(len(rows), dtype=torch.float32, device=logits.device)
+            ops.greedy_sample(token_ids, chosen, logits)
+            return SamplerOutput(
+                token_ids=token_ids.tolist(),
+                logprobs=chosen.tolist(),
+                top_logprobs=[None] * len(rows),
+            )
+        logits = logits.float()
         processed = self._process(logits, rows)
         token_ids = self._choose(processed, rows)
         ids = token_ids.tolist()

@@ -34,6 +34,7 @@ __all__ = [
     "copy_blocks",
     "fused_add_rms_norm",
     "gelu_tanh",
+    "greedy_sample",
     "load_library",
     "paged_attention",
     "reshape_and_cache",
@@ -282,6 +283,24 @@ def token_logprobs(out: torch.Tensor, logits: torch.Tensor, token_ids: torch.Ten
     """
     _ensure_loaded()
     torch.ops.corral.token_logprobs(out, logits, token_ids)
+
+
+def greedy_sample(token_ids: torch.Tensor, logprobs: torch.Tensor, logits: torch.Tensor) -> None:
+    """Greedy rows in one read of the logits: each row's token and its log-probability.
+
+    ``token_ids[r]`` is the first index of the maximum of ``logits[r]`` (the first NaN
+    if the row has one, as ``torch.max``), and ``logprobs[r]`` its log-probability
+    in float32 (``log_softmax(logits[r].float())[token]``, NaN for a NaN row). The
+    logits may stay in the model's dtype: no float32 copy of ``[rows, vocab]``.
+
+    Args:
+        token_ids: int64 ``[rows]``, contiguous, written in place.
+        logprobs: float32 ``[rows]``, contiguous, written in place.
+        logits: float32, bfloat16 or float16 ``[rows, vocab]``, contiguous in the vocab
+            dimension; vocab at most 2^24.
+    """
+    _ensure_loaded()
+    torch.ops.corral.greedy_sample(token_ids, logprobs, logits)
 
 
 def add_lora(

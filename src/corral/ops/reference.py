@@ -15,6 +15,7 @@ __all__ = [
     "fused_add_rms_norm",
     "gather_kv",
     "gelu_tanh",
+    "greedy_sample",
     "paged_attention",
     "reshape_and_cache",
     "rms_norm",
@@ -172,6 +173,14 @@ def rotary_embedding(
 def token_logprobs(out: torch.Tensor, logits: torch.Tensor, token_ids: torch.Tensor) -> None:
     """Reference of :func:`corral.ops.token_logprobs`."""
     out.copy_(logits.log_softmax(dim=-1).gather(1, token_ids.unsqueeze(1)).squeeze(1))
+
+
+def greedy_sample(token_ids: torch.Tensor, logprobs: torch.Tensor, logits: torch.Tensor) -> None:
+    """Reference of :func:`corral.ops.greedy_sample`."""
+    values = logits.float()
+    ids = torch.max(values, dim=-1).indices
+    token_ids.copy_(ids)
+    logprobs.copy_(values.log_softmax(dim=-1).gather(1, ids.unsqueeze(1)).squeeze(1))
 
 
 def add_lora(

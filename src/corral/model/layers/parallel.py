@@ -99,8 +99,9 @@ class VocabParallelEmbedding(nn.Embedding):
         out = super().forward(local).masked_fill_(outside.unsqueeze(-1), 0.0)
         return self.tp.all_reduce(out)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """Float32 logits [rows, vocab_size] of ``hidden`` through this matrix, on rank 0.
+    def logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor | None:
+        """Logits [rows, vocab_size] of ``hidden`` through this matrix, on rank 0: float32,
+        or in the model's dtype with ``float32=False`` (no copy of the whole batch).
 
         Each rank scores its slice of the vocabulary and rank 0 gathers the slices;
         the other ranks get None.
@@ -114,7 +115,8 @@ class VocabParallelEmbedding(nn.Embedding):
         gathered = self.tp.gather_last_dim(local)
         if gathered is None:
             return None
-        return gathered[..., : self.vocab_size].float()
+        logits = gathered[..., : self.vocab_size]
+        return logits.float() if float32 else logits
 
 
 class ParallelLMHead(VocabParallelEmbedding):

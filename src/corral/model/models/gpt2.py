@@ -121,9 +121,10 @@ class GPT2LMHeadModel(nn.Module):
             hidden = block(hidden, kv_cache, metadata)
         return self.transformer.ln_f(hidden)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """Float32 logits [rows, vocab_size] through the tied token embedding (None off rank 0)."""
-        return self.transformer.wte.logits(hidden)
+    def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor | None:
+        """Logits [rows, vocab_size] through the tied token embedding (None off rank 0):
+        float32, or the model's dtype with ``float32=False``."""
+        return self.transformer.wte.logits(hidden, float32)
 
     def load_weights(self, weights: Iterator[tuple[str, CheckpointTensor]]) -> None:
         """Load an HF GPT-2 checkpoint (with or without the ``transformer.`` prefix)."""

@@ -224,9 +224,10 @@ class LlamaForCausalLM(nn.Module):
             return self.model.norm(hidden)
         return self.model.norm.add_and_norm(hidden, residual)[0]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """Float32 logits [rows, vocab_size] of the given hidden states (None off rank 0)."""
-        return self.lm_head.logits(hidden)
+    def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor | None:
+        """Logits [rows, vocab_size] of the given hidden states (None off rank 0): float32,
+        or the model's dtype with ``float32=False``."""
+        return self.lm_head.logits(hidden, float32)
 
     def load_weights(self, weights: Iterator[tuple[str, CheckpointTensor]]) -> None:
         """Load an HF checkpoint's tensors (q/k/v and gate/up are fused on the way in)."""
