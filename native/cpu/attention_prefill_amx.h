@@ -106,6 +106,14 @@ inline constexpr bool kVectorRows =
 // 0..31, `second` 32..63. (A float8 chunk comes out of the lookup with lane L
 // holding elements 16 L + 0..7 in `lo` and 16 L + 8..15 in `hi`; two permutes of
 // 128-bit halves put them back in order.)
+// Two vectors of 32-bit words whose 128-bit lane L holds pieces 2 L and 2 L + 1 of
+// a 64-byte run (lo: the even 16-byte pieces, hi: the odd ones, in-lane unpacks'
+// output) put back in order: `first` gets pieces 0..3, `second` pieces 4..7.
+inline void interleave_lanes(__m512i lo, __m512i hi, __m512i& first, __m512i& second) {
+  first = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi);
+  second = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi);
+}
+
 template <typename KV>
 inline void row_bf16x64(const KV* row, const void* tables, __m512i& first, __m512i& second) {
   if constexpr (std::is_same_v<KV, at::BFloat16>) {
@@ -115,8 +123,7 @@ inline void row_bf16x64(const KV* row, const void* tables, __m512i& first, __m51
 #ifdef CORRAL_FLOAT8_TABLES
     __m512i lo, hi;
     widen_chunk_bf16(row, *static_cast<const Float8Tables*>(tables), lo, hi);
-    first = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi);
-    second = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi);
+    interleave_lanes(lo, hi, first, second);
 #endif
   }
 }
@@ -192,8 +199,6 @@ void pack_values(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out
       // Two rows' elements interleave in 16-bit pairs (within 128-bit lanes), and
       // two permutes of 64-bit pieces restore the order of the dims.
       [[maybe_unused]] const auto tables = float8_tables_for<KV>();
-      const __m512i first_half = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-      const __m512i second_half = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
       for (int64_t j = 0; j < kAmxKeyChunk; j += 2) {
         const KV* a = j < n ? view.value_row(c0 + j) : nullptr;
         const KV* b = j + 1 < n ? view.value_row(c0 + j + 1) : nullptr;
@@ -206,12 +211,14 @@ void pack_values(const PagedView<KV>& view, int64_t c0, int64_t n, uint32_t* out
             row_bf16x64(b + d0, &tables, b0, b1);
           }
           uint32_t* dst = out + d0 * kAmxKeyChunk / 2 + (j / 2) * kAmxColumns;
-          const __m512i lo0 = _mm512_unpacklo_epi16(a0, b0), hi0 = _mm512_unpackhi_epi16(a0, b0);
-          const __m512i lo1 = _mm512_unpacklo_epi16(a1, b1), hi1 = _mm512_unpackhi_epi16(a1, b1);
-          _mm512_storeu_si512(dst, _mm512_permutex2var_epi64(lo0, first_half, hi0));
-          _mm512_storeu_si512(dst + 16, _mm512_permutex2var_epi64(lo0, second_half, hi0));
-          _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi64(lo1, first_half, hi1));
-          _mm512_storeu_si512(dst + 48, _mm512_permutex2var_epi64(lo1, second_half, hi1));
+          __m512i words[4];
+          interleave_lanes(_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0), words[0],
+                           words[1]);
+          interleave_lanes(_mm512_unpacklo_epi16(a1, b1), _mm512_unpackhi_epi16(a1, b1), words[2],
+                           words[3]);
+          for (int w = 0; w < 4; ++w) {
+            _mm512_storeu_si512(dst + 16 * w, words[w]);
+          }
         }
       }
       return;
@@ -243,15 +250,16 @@ inline void softmax_chunk_row(const float* scores, int64_t lo, int64_t hi, float
   constexpr int64_t C = kAmxKeyChunk;
 #if !defined(CPU_CAPABILITY_AVX512)
   // (An AVX2 build on an AMX machine: the same steps in separate passes.)
-  std::vector<float> row(scores, scores + C);
-  std::fill(row.begin(), row.begin() + lo, 0.0f);
-  std::fill(row.begin() + hi, row.end(), 0.0f);
-  scale_row(row.data(), C, scale);
-  const float new_max = std::max(max, max_of(row.data() + lo, hi - lo));
+  float row[C];
+  std::copy_n(scores, C, row);
+  std::fill(row, row + lo, 0.0f);
+  std::fill(row + hi, row + C, 0.0f);
+  scale_row(row, C, scale);
+  const float new_max = std::max(max, max_of(row + lo, hi - lo));
   const float rescale = std::exp(max - new_max);
-  sum = sum * rescale + exp_shift_sum(row.data() + lo, hi - lo, new_max);
+  sum = sum * rescale + exp_shift_sum(row + lo, hi - lo, new_max);
   max = new_max;
-  store_row(probs, row.data(), C, 1.0f);
+  store_row(probs, row, C, 1.0f);
 #else
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i lo_v = _mm512_set1_epi32(static_cast<int>(lo));
